@@ -1,0 +1,21 @@
+"""Task streams built on real data: permuted / rotated / split MNIST, split Fashion-MNIST, digits."""
+
+from lifelong.benchmarks import permuted, rotated, split  # noqa: F401  (registers the benchmarks)
+from lifelong.benchmarks.registry import BENCHMARKS
+from lifelong.benchmarks.stream import (
+    SCENARIOS,
+    HeadLayout,
+    Stream,
+    Task,
+    build_stream,
+    mask_logits,
+)
+
+
+def make_stream(name: str, **params) -> Stream:
+    """Build benchmark ``name`` with ``params`` (validated; see ``lifelong list``)."""
+    return BENCHMARKS.get(name)(**BENCHMARKS.resolve(name, params))
+
+
+__all__ = ["BENCHMARKS", "SCENARIOS", "HeadLayout", "Stream", "Task", "build_stream",
+           "make_stream", "mask_logits"]

@@ -1,0 +1,76 @@
+"""Rotated MNIST, the GEM protocol (Lopez-Paz & Ranzato, 2017, Sec. 5).
+
+Task ``t`` of ``T`` rotates every image by one angle drawn uniformly from the ``t``-th of ``T``
+equal bins of ``[min_degrees, max_degrees)`` (GEM's ``mnist_rotations.py``; the draw is seeded here,
+which the original code forgot). Rotation is bilinear about the image centre, zero-filled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from lifelong.benchmarks.images import check_positive, image_tensors, subsample
+from lifelong.benchmarks.registry import BENCHMARKS
+from lifelong.benchmarks.stream import Stream, build_stream
+
+
+@BENCHMARKS.register("rotated-mnist")
+def rotated_mnist(
+    n_tasks: int = 20,
+    train_per_task: int | None = 1000,
+    test_per_task: int | None = None,
+    min_degrees: float = 0.0,
+    max_degrees: float = 180.0,
+    scenario: Literal["domain", "task", "class"] = "domain",
+    seed: int = 0,
+    data_root: str | None = None,
+) -> Stream:
+    """MNIST rotated by a seeded angle from the task's own bin of [0, 180) degrees."""
+    check_positive("n_tasks", n_tasks)
+    check_positive("train_per_task", train_per_task)
+    check_positive("test_per_task", test_per_task)
+    if not min_degrees < max_degrees:
+        raise ValueError(f"min_degrees={min_degrees} must be below max_degrees={max_degrees}")
+    x_train, y_train = image_tensors("mnist", "train", data_root)
+    x_test, y_test = image_tensors("mnist", "test", data_root)
+    generator = torch.Generator().manual_seed(seed)
+    angles = task_angles(n_tasks, min_degrees, max_degrees, generator)
+    parts = []
+    for _t, angle in enumerate(angles):
+        train = subsample(len(y_train), train_per_task, generator)
+        test = subsample(len(y_test), test_per_task, generator)
+        parts.append(
+            (
+                f"rotation-{angle:.1f}",
+                rotate(x_train[train], angle),
+                y_train[train],
+                rotate(x_test[test], angle),
+                y_test[test],
+            )
+        )
+    params = dict(n_tasks=n_tasks, train_per_task=train_per_task, test_per_task=test_per_task,
+                  min_degrees=min_degrees, max_degrees=max_degrees, scenario=scenario, seed=seed,
+                  angles=angles)
+    return build_stream("rotated-mnist", scenario, parts, (1, 28, 28), params)
+
+
+def task_angles(
+    n_tasks: int, low: float, high: float, generator: torch.Generator
+) -> list[float]:
+    """One angle per task, uniform within the task's bin: ``low + (t + u) * (high - low) / T``."""
+    width = (high - low) / n_tasks
+    draws = torch.rand(n_tasks, generator=generator, dtype=torch.float64)
+    return [low + (t + float(u)) * width for t, u in enumerate(draws)]
+
+
+def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Images ``(N, C, H, W)`` rotated by ``degrees`` about their centre (bilinear, zero fill)."""
+    radians = math.radians(degrees)
+    cos, sin = math.cos(radians), math.sin(radians)
+    theta = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0]], dtype=images.dtype)
+    grid = F.affine_grid(theta.expand(len(images), 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

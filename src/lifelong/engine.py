@@ -1,0 +1,254 @@
+"""The training and evaluation loop: tasks in order, every task evaluated after every task.
+
+``run(method, stream)`` returns a `Result` holding the accuracy matrix ``R[i][j]`` (accuracy on
+task ``j`` after training task ``i``), the untrained accuracies ``b[j]`` (for FWT), per-task timings,
+peak memory and the method's memory. Data stays in memory as tensors and minibatches are tensor
+slices, so the loop does no per-sample Python work.
+
+Determinism: the batch order of task ``t``, epoch ``e`` comes from a generator seeded with
+``(seed, t, e)`` and the global torch RNG (dropout) is re-seeded from ``(seed, t)`` before each
+task, so a run resumed at any task boundary replays the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lifelong import memory
+from lifelong.benchmarks.stream import Stream, mask_logits
+from lifelong.methods.base import Method
+from lifelong.metrics import summary
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Result:
+    """Everything one run measured. Matrices are ``(T, T)`` numpy arrays, NaN where not yet run."""
+
+    accuracy_matrix: np.ndarray
+    untrained_accuracy: np.ndarray
+    task_names: list[str]
+    scenario: str
+    #: accuracy with the other evaluation: task-agnostic for task-incremental streams, task-aware
+    #: for class-incremental ones (only for split streams and methods that allow both)
+    other_accuracy_matrix: np.ndarray | None = None
+    other_kind: str | None = None
+    train_seconds: list[float] = field(default_factory=list)
+    eval_seconds: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    method_memory: list[dict[str, int]] = field(default_factory=list)
+    peak_memory_mb: float = 0.0
+
+    @property
+    def tasks_done(self) -> int:
+        return len(self.train_seconds)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        if self.tasks_done == 0:
+            return {}
+        return summary(self.accuracy_matrix[: self.tasks_done], self.untrained_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        def matrix(m: np.ndarray | None):
+            return None if m is None else [[_float(v) for v in row] for row in m]
+
+        out = {
+            "scenario": self.scenario,
+            "task_names": self.task_names,
+            "accuracy_matrix": matrix(self.accuracy_matrix),
+            "untrained_accuracy": [_float(v) for v in self.untrained_accuracy],
+            "metrics": self.metrics,
+            "seconds": {
+                "train": self.train_seconds,
+                "eval": self.eval_seconds,
+                "total": float(sum(self.train_seconds) + sum(self.eval_seconds)),
+            },
+            "train_loss": self.train_loss,
+            "peak_memory_mb": self.peak_memory_mb,
+            "method_memory": self.method_memory,
+        }
+        if self.other_accuracy_matrix is not None:
+            out[f"accuracy_matrix_{self.other_kind}"] = matrix(self.other_accuracy_matrix)
+            if self.tasks_done:
+                last = self.other_accuracy_matrix[self.tasks_done - 1, : self.tasks_done]
+                out["metrics"][f"acc_{self.other_kind}"] = float(np.mean(last))
+        return out
+
+
+def _float(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def other_kind(stream: Stream, method: Method) -> str | None:
+    """The second evaluation a run records, if the stream and method allow one."""
+    if not (stream.layout.disjoint and stream.n_tasks > 1 and method.task_agnostic):
+        return None
+    return {"task": "task_agnostic", "class": "task_aware"}.get(stream.scenario)
+
+
+def run(
+    method: Method,
+    stream: Stream,
+    epochs: int = 1,
+    batch_size: int = 10,
+    seed: int = 0,
+    eval_batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+    progress: ProgressCallback | None = None,
+    resume: Result | None = None,
+    on_task_end: Callable[[int, Result], None] | None = None,
+) -> Result:
+    """Train ``method`` on ``stream`` task after task, evaluating every task after each one.
+
+    ``resume`` continues a partial result (its method state already loaded into ``method``) from
+    its first untrained task; ``on_task_end(t, result)`` is called after task ``t`` is evaluated
+    (for checkpoints). ``progress(event, info)`` receives ``task_start``, ``batches`` and
+    ``task_end`` events.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs} must be at least 1")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be at least 1")
+    if stream.scenario == "class" and not method.task_agnostic:
+        raise ValueError(
+            f"{type(method).__name__} needs the task id at test time, which the class-incremental "
+            "scenario does not give; use scenario=task"
+        )
+    n_tasks = stream.n_tasks
+    kind = other_kind(stream, method)
+    method.to(device)
+    memory.reset_peak()
+    if resume is None:
+        nan = np.full((n_tasks, n_tasks), np.nan)
+        result = Result(
+            accuracy_matrix=nan.copy(),
+            untrained_accuracy=np.full(n_tasks, np.nan),
+            task_names=[task.name for task in stream],
+            scenario=stream.scenario,
+            other_accuracy_matrix=nan.copy() if kind else None,
+            other_kind=kind,
+        )
+        result.untrained_accuracy[:] = evaluate(method, stream, eval_batch_size, device)[0]
+    else:
+        result = resume
+    for task in stream.tasks[result.tasks_done:]:
+        train_seconds, mean_loss = train_task(
+            method, stream, task.id, epochs, batch_size, seed, device, progress
+        )
+        start = time.perf_counter()
+        primary, other = evaluate(method, stream, eval_batch_size, device, kind)
+        eval_seconds = time.perf_counter() - start
+        result.accuracy_matrix[task.id] = primary
+        if other is not None:
+            result.other_accuracy_matrix[task.id] = other
+        result.train_seconds.append(train_seconds)
+        result.eval_seconds.append(eval_seconds)
+        result.train_loss.append(mean_loss)
+        result.method_memory.append(method.memory())
+        result.peak_memory_mb = max(result.peak_memory_mb, memory.peak_mb())
+        if progress:
+            progress("task_end", {"task": task.id, "n_tasks": n_tasks, "loss": mean_loss,
+                                  "accuracy": primary, "train_seconds": train_seconds,
+                                  "eval_seconds": eval_seconds})
+        if on_task_end:
+            on_task_end(task.id, result)
+    return result
+
+
+def train_task(
+    method: Method,
+    stream: Stream,
+    task_id: int,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device,
+    progress: ProgressCallback | None,
+) -> tuple[float, float]:
+    """Run the method's hooks over one task; returns (seconds, mean minibatch loss)."""
+    task = stream[task_id]
+    torch.manual_seed(_mix(seed, task_id))
+    start = time.perf_counter()
+    method.set_training(True)
+    method.begin_task(task)
+    x, y, ids = method.training_data(task)
+    x, y = x.to(device), y.to(device)
+    per_sample_ids = isinstance(ids, torch.Tensor)
+    n_batches = -(-len(y) // batch_size)
+    report_every = max(1, n_batches // 20)
+    if progress:
+        progress("task_start", {"task": task_id, "n_tasks": stream.n_tasks, "name": task.name,
+                                "batches": n_batches * epochs})
+    total_loss = torch.zeros((), device=device)
+    for epoch in range(epochs):
+        generator = torch.Generator().manual_seed(_mix(seed, task_id, epoch))
+        order = torch.randperm(len(y), generator=generator).to(device)
+        for b, index in enumerate(order.split(batch_size)):
+            batch_ids = ids[index] if per_sample_ids else ids
+            total_loss += method.observe(x[index], y[index], batch_ids)
+            if progress and (b + 1) % report_every == 0:
+                progress("batches", {"task": task_id, "advance": report_every})
+    method.end_task(task)
+    seconds = time.perf_counter() - start
+    return seconds, float(total_loss) / (n_batches * epochs)
+
+
+@torch.no_grad()
+def evaluate(
+    method: Method,
+    stream: Stream,
+    eval_batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+    other: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Accuracy on every task's test set: the scenario's own evaluation, and optionally the other.
+
+    Task- and domain-incremental streams give the task id (scored over the task's units);
+    class-incremental streams give none (scored over all units).
+    """
+    method.set_training(False)
+    layout = stream.layout
+    primary = np.zeros(stream.n_tasks)
+    secondary = np.zeros(stream.n_tasks) if other else None
+    need_aware = stream.scenario != "class" or other == "task_aware"
+    need_agnostic = stream.scenario == "class" or other == "task_agnostic"
+    for task in stream:
+        aware_mask, agnostic_mask = layout.eval_mask(task.id), layout.eval_mask(None)
+        aware_correct = agnostic_correct = 0
+        for start in range(0, len(task.y_test), eval_batch_size):
+            x = task.x_test[start:start + eval_batch_size].to(device)
+            y = task.y_test[start:start + eval_batch_size].to(device)
+            shared = None if method.task_conditioned else method.predict(x, None)
+            if need_aware:
+                logits = shared if shared is not None else method.predict(x, task.id)
+                aware_correct += _correct(logits, aware_mask, y)
+            if need_agnostic:
+                logits = shared if shared is not None else method.predict(x, None)
+                agnostic_correct += _correct(logits, agnostic_mask, y)
+        n = max(1, len(task.y_test))
+        aware, agnostic = aware_correct / n, agnostic_correct / n
+        primary[task.id] = agnostic if stream.scenario == "class" else aware
+        if secondary is not None:
+            secondary[task.id] = aware if other == "task_aware" else agnostic
+    return primary, secondary
+
+
+def _correct(logits: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -> int:
+    return int((mask_logits(logits, mask).argmax(1) == y).sum())
+
+
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from integers (stable across runs and platforms)."""
+    value = 0x9E3779B97F4A7C15
+    for number in numbers:
+        value = (value ^ (int(number) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)))
+        value &= (1 << 63) - 1
+    return value

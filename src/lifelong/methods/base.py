@@ -1,0 +1,125 @@
+"""The `Method` interface every continual-learning method implements.
+
+A method owns its network(s) and optimizer and sees data only through these hooks, called by
+`lifelong.engine.run` for each task of a stream in order:
+
+- ``begin_task(task)`` before the task's first batch;
+- ``training_data(task)`` the tensors the engine batches for this task (the task's own by default);
+- ``observe(x, y, task_id) -> loss`` one optimisation step on a minibatch (labels are output units);
+- ``end_task(task)`` after its last batch;
+- ``predict(x, task_id) -> logits`` over all output units (the engine masks them by scenario);
+- ``state_dict()`` / ``load_state_dict()`` everything the method remembers, for checkpoints;
+- ``memory()`` what it stores, in counts and bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.benchmarks.stream import HeadLayout, Task, mask_logits
+
+
+class Method:
+    """Base class: plain SGD on the current task's loss (subclasses override what differs).
+
+    Subclasses keep the constructor to storing arguments (scikit-learn style); the optimizer and
+    any per-run state are built in ``begin_task``.
+    """
+
+    #: whether ``predict`` depends on ``task_id`` (if not, one forward serves both evaluations)
+    task_conditioned: bool = False
+    #: whether the method can predict without a task id (class-incremental scoring)
+    task_agnostic: bool = True
+
+    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+        self.model = model
+        self.lr = lr
+        self.seed = seed
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.layout: HeadLayout | None = None
+        self.train_mask: torch.Tensor | None = None
+        self.task_id = -1
+
+    # ----------------------------------------------------------------------------- hooks
+    def begin_task(self, task: Task) -> None:
+        self.layout = task.layout
+        self.task_id = task.id
+        self.train_mask = task.train_mask
+        if self.optimizer is None:
+            self.optimizer = self.make_optimizer(self.model.parameters())
+
+    def training_data(self, task: Task) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
+        """``(x, y, task_ids)`` the engine draws this task's minibatches from."""
+        return task.x_train, task.y_train, task.id
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor) -> torch.Tensor:
+        loss = self.loss(self.model(x, task_id), y)
+        self.step(loss)
+        return loss.detach()
+
+    def end_task(self, task: Task) -> None:
+        pass
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
+        return self.model(x, task_id)
+
+    # ----------------------------------------------------------------------------- helpers
+    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
+        return torch.optim.SGD(parameters, lr=self.lr)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, mask=None) -> torch.Tensor:
+        """Cross-entropy over the units the current task trains (``mask`` overrides)."""
+        return F.cross_entropy(mask_logits(logits, self.train_mask if mask is None else mask), y)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def networks(self) -> list[nn.Module]:
+        """Every module the method trains or keeps (for train/eval mode, devices and memory)."""
+        return [self.model]
+
+    def set_training(self, mode: bool) -> None:
+        for network in self.networks():
+            network.train(mode)
+
+    def to(self, device: torch.device | str) -> Method:
+        for network in self.networks():
+            network.to(device)
+        return self
+
+    # ----------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "task_id": self.task_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.task_id = state["task_id"]
+        if state["optimizer"] is not None:
+            self.optimizer = self.make_optimizer(self.model.parameters())
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def memory(self) -> dict[str, int]:
+        """What the method holds: parameter count and bytes, plus any stored examples/vectors."""
+        tensors = {id(p): p for net in self.networks() for p in net.parameters()}
+        return {
+            "parameters": sum(p.numel() for p in tensors.values()),
+            "parameter_bytes": sum(p.numel() * p.element_size() for p in tensors.values()),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(lr={self.lr})"
+
+
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)

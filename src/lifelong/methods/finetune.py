@@ -1,0 +1,20 @@
+"""Fine-tuning: plain SGD on each task in turn ("single" in GEM, "SGD" in HAT).
+
+The lower bound of continual learning: no mechanism against forgetting. Default learning rate
+0.03, the GEM script's for permuted MNIST.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lifelong.methods.base import Method
+from lifelong.methods.registry import METHODS
+
+
+@METHODS.register("finetune")
+class Finetune(Method):
+    """Plain SGD on the current task only (the forgetting lower bound)."""
+
+    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+        super().__init__(model, lr, seed)

@@ -1,0 +1,13 @@
+"""Backbones and heads: an MLP (GEM's default) and a small conv net, sized to a stream."""
+
+from lifelong.models import conv, mlp  # noqa: F401  (registers the models)
+from lifelong.models.network import Network
+from lifelong.models.registry import MODELS
+
+
+def make_model(name: str, input_shape: tuple[int, ...], n_units: int, **params) -> Network:
+    """Build model ``name`` for inputs of ``input_shape`` and ``n_units`` outputs."""
+    return MODELS.get(name)(input_shape, n_units, **MODELS.resolve(name, params))
+
+
+__all__ = ["MODELS", "Network", "make_model"]
