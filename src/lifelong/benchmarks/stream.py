@@ -161,6 +161,14 @@ class Stream:
     def __getitem__(self, index: int) -> Task:
         return self.tasks[index]
 
+    def first(self, n: int) -> Stream:
+        """The stream of its first ``n`` tasks (same output units)."""
+        if not 1 <= n <= self.n_tasks:
+            raise ValueError(f"n={n} must be between 1 and {self.n_tasks}")
+        layout = replace(self.layout, task_units=self.layout.task_units[:n])
+        tasks = [replace(task, layout=layout) for task in self.tasks[:n]]
+        return Stream(self.name, self.scenario, tasks, self.input_shape, dict(self.params))
+
     def reordered(self, order: Sequence[int]) -> Stream:
         """The same tasks in another order; task ids become positions in the new order."""
         if sorted(order) != list(range(self.n_tasks)):

@@ -1,0 +1,188 @@
+"""The ``lifelong`` command. It parses arguments and delegates; the work lives in the library.
+
+    lifelong run                        the demo: every method on a short permuted-MNIST stream
+    lifelong run --benchmark B --method M [--tasks N] [--seed S] [--epochs E] [--batch-size K]
+                 [--lr X] [--param name=value ...] [--out DIR]
+    lifelong list                       benchmarks, methods and models with their parameters
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lifelong.benchmarks import BENCHMARKS
+from lifelong.experiment import RunConfig, build_stream, run_experiment
+from lifelong.methods import METHODS
+from lifelong.models import MODELS
+from lifelong.params import ParamError
+from lifelong.progress import run_progress
+
+#: The main job: every method on a short permuted-MNIST stream (about two minutes on 2 cores).
+DEMO = {"benchmark": "permuted-mnist", "tasks": 10, "benchmark_params": {"test_per_task": 2000}}
+SECTIONS = {"method": METHODS, "benchmark": BENCHMARKS, "model": MODELS}
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump, exit code 2
+        raise UsageError(message)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="lifelong", description="Continual learning: train on a sequence of "
+                    "tasks and measure forgetting, transfer and cost.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    run = commands.add_parser(
+        "run", help="run one experiment (with no arguments: the demo comparison of all methods)",
+        description="Train method(s) on a benchmark task after task; print ACC/BWT/FWT and write "
+        "result.json and accuracy_matrix.csv. With no --benchmark, runs the demo: every method on "
+        f"{DEMO['benchmark']} with {DEMO['tasks']} tasks.",
+    )
+    run.add_argument("--benchmark", choices=BENCHMARKS.names, help="task stream (default: the demo)")
+    run.add_argument("--method", default=None, metavar="M[,M...]",
+                     help=f"method(s), comma-separated, or 'all' (default: all); one of "
+                     f"{', '.join(METHODS.names)}")
+    run.add_argument("--model", default="mlp", choices=MODELS.names, help="network (default: mlp)")
+    run.add_argument("--tasks", type=int, help="number of tasks (first N of the stream)")
+    run.add_argument("--seed", type=int, default=0, help="seed of data, init and batches (default 0)")
+    run.add_argument("--epochs", type=int, default=1, help="epochs per task (default 1)")
+    run.add_argument("--batch-size", type=int, default=10, help="minibatch size (default 10)")
+    run.add_argument("--lr", type=float, help="learning rate (default: the method's)")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="any method, benchmark or model parameter (see `lifelong list`); "
+                     "prefix with method./benchmark./model. when a name is ambiguous")
+    run.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    run.add_argument("--out", type=Path, help="output directory (default runs/<time>-<benchmark>)")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
+    return parser
+
+
+def split_params(pairs: Sequence[str], methods: Sequence[str], benchmark: str, model: str):
+    """Route ``name=value`` pairs to the method, benchmark or model that has that parameter."""
+    routed: dict[str, dict[str, Any]] = {"method": {}, "benchmark": {}, "model": {}}
+    owners = {
+        "method": {p.name for m in methods for p in METHODS.params(m)},
+        "benchmark": {p.name for p in BENCHMARKS.params(benchmark)},
+        "model": {p.name for p in MODELS.params(model)},
+    }
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ParamError(f"--param {pair!r} must look like name=value")
+        section, dot, short = name.partition(".")
+        if dot and section in owners:
+            candidates = [section] if short in owners[section] else []
+            name = short
+        else:
+            candidates = [s for s, names in owners.items() if name in names]
+        if not candidates:
+            allowed = sorted(set().union(*owners.values()))
+            raise ParamError(f"--param {name!r} is not a parameter of {', '.join(methods)}, "
+                             f"{benchmark} or {model}; allowed: {', '.join(allowed)}")
+        if len(candidates) > 1:
+            raise ParamError(f"--param {name!r} is ambiguous; write "
+                             + " or ".join(f"{c}.{name}" for c in candidates))
+        routed[candidates[0]][name] = value
+    return routed
+
+
+def command_run(args: argparse.Namespace) -> int:
+    demo = args.benchmark is None
+    benchmark = DEMO["benchmark"] if demo else args.benchmark
+    if args.method in (None, "all"):
+        methods = METHODS.names
+    else:
+        methods = [m.strip() for m in args.method.split(",") if m.strip()]
+        for name in methods:
+            METHODS.get(name)  # raises a ParamError naming the allowed methods
+    routed = split_params(args.param, methods, benchmark, args.model)
+    bench_params = {**(DEMO["benchmark_params"] if demo else {}), **routed["benchmark"]}
+    tasks = args.tasks if args.tasks is not None else (DEMO["tasks"] if demo else None)
+    configs = []
+    for name in methods:
+        own = {p.name for p in METHODS.params(name)}
+        method_params = {k: v for k, v in routed["method"].items() if k in own}
+        if args.lr is not None:
+            method_params["lr"] = args.lr
+        config = RunConfig(benchmark=benchmark, method=name, model=args.model,
+                           benchmark_params=bench_params, method_params=method_params,
+                           model_params=routed["model"], tasks=tasks, epochs=args.epochs,
+                           batch_size=args.batch_size, seed=args.seed, device=args.device)
+        config.resolved()  # validate every config before any work starts
+        configs.append(config)
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{benchmark}"
+    if not args.quiet:
+        print(f"building {benchmark} ...", file=sys.stderr, flush=True)
+    stream = build_stream(configs[0])
+    print(f"{benchmark}: {stream.n_tasks} tasks, scenario {stream.scenario}, "
+          f"{len(stream[0].y_train)} training / {len(stream[0].y_test)} test examples per task")
+    rows = []
+    for config in configs:
+        run_dir = out / config.method if len(configs) > 1 else out
+        with run_progress(config.method, enabled=not args.quiet) as progress:
+            result = run_experiment(config, stream=stream, out_dir=run_dir, progress=progress)
+        rows.append((config.method, result))
+    print_table(rows)
+    print(f"results written to {out}")
+    return 0
+
+
+def print_table(rows: list[tuple[str, Any]]) -> None:
+    header = f"{'method':<12} {'ACC':>7} {'BWT':>7} {'FWT':>7} {'forget':>7} {'time s':>7} {'peak MB':>8}"
+    extra = next((r.other_kind for _, r in rows if r.other_kind), None)
+    if extra:
+        header += f" {'ACC ' + extra.replace('_', '-'):>20}"
+    print(header)
+    for name, result in rows:
+        m = result.to_dict()["metrics"]
+        seconds = sum(result.train_seconds) + sum(result.eval_seconds)
+        line = (f"{name:<12} {m['acc']:>7.3f} {m['bwt']:>+7.3f} {m['fwt']:>+7.3f} "
+                f"{m['forgetting']:>7.3f} {seconds:>7.1f} {result.peak_memory_mb:>8.0f}")
+        if extra:
+            value = m.get(f"acc_{extra}")
+            line += f" {value:>20.3f}" if value is not None else f" {'n/a':>20}"
+        print(line)
+
+
+def command_list(args: argparse.Namespace) -> int:
+    for title, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("models", MODELS)):
+        print(f"{title}:")
+        print(registry.describe())
+        print()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return {"run": command_run, "list": command_list}[args.command](args)
+    except (UsageError, ParamError) as error:
+        print(f"lifelong: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lifelong: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a known failure (e.g. data unavailable): one message, no traceback
+        if type(error).__name__ in ("DatasetUnavailableError",) or isinstance(error, ValueError):
+            print(f"lifelong: error: {error}", file=sys.stderr)
+            return 1 if type(error).__name__ == "DatasetUnavailableError" else 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny synthetic streams whose answers are known, so tests run in milliseconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lifelong.benchmarks import build_stream
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def toy_parts(n_tasks: int = 3, classes_per_task: int = 2, disjoint: bool = True, n: int = 120,
+              seed: int = 0, flip: bool = False):
+    """Linearly separable tasks: the label is written into a task-specific input coordinate.
+
+    With ``flip``, odd tasks use the opposite rule and carry no task marker, so learning them
+    destroys earlier tasks.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for t in range(n_tasks):
+        local = torch.randint(0, classes_per_task, (n,), generator=generator)
+        x = 0.1 * torch.randn(n, 1, 4, 4, generator=generator)
+        signal = (classes_per_task - 1 - local) if (flip and t % 2) else local
+        x[:, 0, 0, 0] += 2.0 * signal.float()
+        if not flip:
+            x[:, 0, 1, t % 4] += 1.0
+        labels = local + (t * classes_per_task if disjoint else 0)
+        cut = n * 3 // 4
+        parts.append((f"toy-{t}", x[:cut], labels[:cut], x[cut:], labels[cut:]))
+    return parts
+
+
+@pytest.fixture
+def toy_task_stream():
+    return build_stream("toy", "task", toy_parts(), (1, 4, 4))
+
+
+@pytest.fixture
+def toy_class_stream():
+    return build_stream("toy", "class", toy_parts(), (1, 4, 4))
+
+
+@pytest.fixture
+def toy_domain_stream():
+    return build_stream("toy", "domain", toy_parts(disjoint=False), (1, 4, 4))
