@@ -3,13 +3,12 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import toy_parts
 
 from lifelong import engine
 from lifelong.benchmarks import build_stream
 from lifelong.methods import METHODS, Method, make_method
 from lifelong.models import make_model
-
-from conftest import toy_parts
 
 
 class RuleMethod(Method):
@@ -99,9 +98,9 @@ def test_frozen_trains_only_the_head_after_the_first_task(toy_task_stream):
     body = [p.detach().clone() for p in model.body.parameters()]
     head = model.head.weight.detach().clone()
     method.begin_task(stream[1])
-    for x, y in zip(stream[1].x_train.split(8), stream[1].y_train.split(8)):
+    for x, y in zip(stream[1].x_train.split(8), stream[1].y_train.split(8), strict=False):
         method.observe(x, y, 1)
-    assert all(torch.equal(a, b) for a, b in zip(body, model.body.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(body, model.body.parameters(), strict=False))
     assert not torch.equal(head, model.head.weight)
 
 

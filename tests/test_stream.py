@@ -1,9 +1,8 @@
 import pytest
 import torch
+from conftest import toy_parts
 
 from lifelong.benchmarks import HeadLayout, build_stream, mask_logits
-
-from conftest import toy_parts
 
 
 def test_disjoint_classes_keep_class_ids_as_units(toy_task_stream):

@@ -118,7 +118,7 @@ def write_result(out_dir: str | Path, config: RunConfig, result: engine.Result) 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["after_task"] + result.task_names)
-    for name, row in zip(result.task_names, result.accuracy_matrix):
+    for name, row in zip(result.task_names, result.accuracy_matrix, strict=False):
         writer.writerow([name] + [f"{v:.6f}" for v in row])
     atomic_write_text(out_dir / "accuracy_matrix.csv", buffer.getvalue())
     return out_dir
