@@ -23,6 +23,7 @@ IDX files, so this source gives bit-identical data.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import logging
@@ -99,6 +100,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "dtype"): np.dtype,
         ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
         ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes in protocol 2
     }
 
     def find_class(self, module: str, name: str) -> object:
