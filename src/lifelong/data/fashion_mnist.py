@@ -11,9 +11,9 @@ Sources, tried in order after the converted ``<root>/fashion-mnist.npz``:
    ``<root>/downloads/fashion-mnist/``.
 
 Every IDX file is sha256-checked whatever its source. The Debian package's ``.gz`` files are
-not byte-identical to the canonical downloads: they hold the same deflate data with a
-normalised gzip header (no embedded file name, so each is exactly ``len(name) + 1`` bytes
-shorter). They gunzip to the canonical uncompressed files, whose sha256 is also in the table.
+not byte-identical to the canonical downloads: each is exactly ``len(name) + 1`` bytes shorter,
+i.e. its gzip header lacks the embedded file name (the package normalises gzip headers). They
+gunzip to the canonical uncompressed files, whose published sha256 are also in the table.
 """
 
 from __future__ import annotations
