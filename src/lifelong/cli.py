@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong.benchmarks import BENCHMARKS
+from lifelong.data import DatasetUnavailableError
 from lifelong.experiment import RunConfig, build_stream, run_experiment
 from lifelong.methods import METHODS
 from lifelong.models import MODELS
@@ -122,8 +123,6 @@ def command_run(args: argparse.Namespace) -> int:
         config.resolved()  # validate every config before any work starts
         configs.append(config)
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{benchmark}"
-    if not args.quiet:
-        print(f"building {benchmark} ...", file=sys.stderr, flush=True)
     stream = build_stream(configs[0])
     print(f"{benchmark}: {stream.n_tasks} tasks, scenario {stream.scenario}, "
           f"{len(stream[0].y_train)} training / {len(stream[0].y_test)} test examples per task")
@@ -171,17 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         return {"run": command_run, "list": command_list}[args.command](args)
-    except (UsageError, ParamError) as error:
+    except (UsageError, ParamError, ValueError) as error:  # bad input: one line, exit code 2
         print(f"lifelong: error: {error}", file=sys.stderr)
         return 2
+    except DatasetUnavailableError as error:  # says where it looked and how to get the data
+        print(f"lifelong: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lifelong: interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # a known failure (e.g. data unavailable): one message, no traceback
-        if type(error).__name__ in ("DatasetUnavailableError",) or isinstance(error, ValueError):
-            print(f"lifelong: error: {error}", file=sys.stderr)
-            return 1 if type(error).__name__ == "DatasetUnavailableError" else 2
-        raise
 
 
 if __name__ == "__main__":

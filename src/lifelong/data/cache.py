@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from lifelong.data.dataset import DatasetSpec, Splits
+from lifelong.io import atomic_write  # noqa: F401  (re-exported for the data sources)
 
 #: Bumped when the layout of the converted .npz files changes; older files are rebuilt.
 NPZ_FORMAT = 1
@@ -31,29 +29,6 @@ def data_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return base / "lifelong"
-
-
-@contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """Open a temp file next to ``path`` for binary writing; rename it to ``path`` on success.
-
-    The temp file lives in the same directory (so ``os.replace`` is atomic) and is removed if
-    the block raises, so ``path`` either keeps its old content or gets the complete new one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a shared data dir should stay readable
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
