@@ -26,9 +26,9 @@ def conv(
         layers += [nn.Conv2d(in_channels, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
         in_channels = out
     layers.append(nn.Flatten())
+    if min(input_shape[1:]) < 2 ** len(channels):
+        raise ValueError(f"input {input_shape} is too small for {len(channels)} pooling stages")
     with torch.no_grad():
         flat = nn.Sequential(*layers)(torch.zeros(1, *input_shape)).shape[1]
-    if flat == 0:
-        raise ValueError(f"input {input_shape} is too small for {len(channels)} pooling stages")
     layers += [nn.Linear(flat, hidden), nn.ReLU()]
     return Network(nn.Sequential(*layers), nn.Linear(hidden, n_units), seed)
