@@ -1,9 +1,15 @@
-"""Turning a source dataset into float image tensors, and seeded subsampling."""
+"""Turning a source dataset into float image tensors, seeded subsampling, and MNIST variants."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
+
+from lifelong.benchmarks.stream import Stream, build_stream
+
+ImageTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def image_tensors(name: str, split: str, root: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,3 +32,31 @@ def subsample(n_total: int, n: int | None, generator: torch.Generator) -> torch.
 def check_positive(field: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{field}={value} must be a positive integer")
+
+
+def transformed_mnist(
+    benchmark: str,
+    transforms: Sequence[tuple[str, ImageTransform]],
+    train_per_task: int | None,
+    test_per_task: int | None,
+    scenario: str,
+    generator: torch.Generator,
+    data_root: str | None,
+    params: dict,
+) -> Stream:
+    """One task per ``(name, transform)``: MNIST images drawn for that task, then transformed.
+
+    Each task draws its own ``train_per_task`` training and ``test_per_task`` test images (GEM's
+    ``samples_per_task``; GEM scores on the whole test set), in task order from ``generator``.
+    """
+    check_positive("train_per_task", train_per_task)
+    check_positive("test_per_task", test_per_task)
+    x_train, y_train = image_tensors("mnist", "train", data_root)
+    x_test, y_test = image_tensors("mnist", "test", data_root)
+    parts = []
+    for name, transform in transforms:
+        train = subsample(len(y_train), train_per_task, generator)
+        test = subsample(len(y_test), test_per_task, generator)
+        parts.append((name, transform(x_train[train]), y_train[train],
+                      transform(x_test[test]), y_test[test]))
+    return build_stream(benchmark, scenario, parts, (1, 28, 28), params)

@@ -2,18 +2,19 @@
 
 Every task, the first included, applies its own seeded permutation to the 784 pixels. Each task
 draws its own ``train_per_task`` training images from MNIST's 60k (GEM's ``samples_per_task``) and
-scores on ``test_per_task`` test images (GEM: the whole 10k test set).
+scores on ``test_per_task`` test images (default: GEM's whole 10k test set).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 
-from lifelong.benchmarks.images import check_positive, image_tensors, subsample
+from lifelong.benchmarks.images import check_positive, transformed_mnist
 from lifelong.benchmarks.registry import BENCHMARKS
-from lifelong.benchmarks.stream import Stream, build_stream
+from lifelong.benchmarks.stream import Stream
 
 
 @BENCHMARKS.register("permuted-mnist")
@@ -27,28 +28,14 @@ def permuted_mnist(
 ) -> Stream:
     """MNIST under a new pixel permutation per task (GEM protocol; single head by default)."""
     check_positive("n_tasks", n_tasks)
-    check_positive("train_per_task", train_per_task)
-    check_positive("test_per_task", test_per_task)
-    x_train, y_train = image_tensors("mnist", "train", data_root)
-    x_test, y_test = image_tensors("mnist", "test", data_root)
     generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for t in range(n_tasks):
-        permutation = torch.randperm(28 * 28, generator=generator)
-        train = subsample(len(y_train), train_per_task, generator)
-        test = subsample(len(y_test), test_per_task, generator)
-        parts.append(
-            (
-                f"permutation-{t}",
-                permute(x_train[train], permutation),
-                y_train[train],
-                permute(x_test[test], permutation),
-                y_test[test],
-            )
-        )
+    permutations = [torch.randperm(28 * 28, generator=generator) for _ in range(n_tasks)]
+    transforms = [(f"permutation-{t}", partial(permute, permutation=p))
+                  for t, p in enumerate(permutations)]
     params = dict(n_tasks=n_tasks, train_per_task=train_per_task, test_per_task=test_per_task,
                   scenario=scenario, seed=seed)
-    return build_stream("permuted-mnist", scenario, parts, (1, 28, 28), params)
+    return transformed_mnist("permuted-mnist", transforms, train_per_task, test_per_task,
+                             scenario, generator, data_root, params)
 
 
 def permute(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:

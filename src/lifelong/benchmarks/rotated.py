@@ -8,14 +8,15 @@ which the original code forgot). Rotation is bilinear about the image centre, ze
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from lifelong.benchmarks.images import check_positive, image_tensors, subsample
+from lifelong.benchmarks.images import check_positive, transformed_mnist
 from lifelong.benchmarks.registry import BENCHMARKS
-from lifelong.benchmarks.stream import Stream, build_stream
+from lifelong.benchmarks.stream import Stream
 
 
 @BENCHMARKS.register("rotated-mnist")
@@ -31,31 +32,16 @@ def rotated_mnist(
 ) -> Stream:
     """MNIST rotated by a seeded angle from the task's own bin of [0, 180) degrees."""
     check_positive("n_tasks", n_tasks)
-    check_positive("train_per_task", train_per_task)
-    check_positive("test_per_task", test_per_task)
     if not min_degrees < max_degrees:
         raise ValueError(f"min_degrees={min_degrees} must be below max_degrees={max_degrees}")
-    x_train, y_train = image_tensors("mnist", "train", data_root)
-    x_test, y_test = image_tensors("mnist", "test", data_root)
     generator = torch.Generator().manual_seed(seed)
     angles = task_angles(n_tasks, min_degrees, max_degrees, generator)
-    parts = []
-    for _t, angle in enumerate(angles):
-        train = subsample(len(y_train), train_per_task, generator)
-        test = subsample(len(y_test), test_per_task, generator)
-        parts.append(
-            (
-                f"rotation-{angle:.1f}",
-                rotate(x_train[train], angle),
-                y_train[train],
-                rotate(x_test[test], angle),
-                y_test[test],
-            )
-        )
+    transforms = [(f"rotation-{angle:.1f}", partial(rotate, degrees=angle)) for angle in angles]
     params = dict(n_tasks=n_tasks, train_per_task=train_per_task, test_per_task=test_per_task,
                   min_degrees=min_degrees, max_degrees=max_degrees, scenario=scenario, seed=seed,
                   angles=angles)
-    return build_stream("rotated-mnist", scenario, parts, (1, 28, 28), params)
+    return transformed_mnist("rotated-mnist", transforms, train_per_task, test_per_task,
+                             scenario, generator, data_root, params)
 
 
 def task_angles(

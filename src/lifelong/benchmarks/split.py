@@ -63,46 +63,26 @@ def _pick(labels: torch.Tensor, classes: list[int], n: int | None, generator) ->
     return members[subsample(len(members), n, generator)]
 
 
-@BENCHMARKS.register("split-mnist")
-def split_mnist(
-    classes_per_task: int = 2,
-    train_per_task: int | None = None,
-    test_per_task: int | None = None,
-    scenario: Literal["task", "class"] = "task",
-    seed: int = 0,
-    class_seed: int | None = None,
-    data_root: str | None = None,
-) -> Stream:
-    """MNIST as 5 tasks of 2 digits (task-incremental by default)."""
-    return split_stream("split-mnist", "mnist", classes_per_task, train_per_task, test_per_task,
-                        scenario, seed, class_seed, data_root)
+def _register(benchmark: str, dataset: str, summary: str) -> None:
+    def make(
+        classes_per_task: int = 2,
+        train_per_task: int | None = None,
+        test_per_task: int | None = None,
+        scenario: Literal["task", "class"] = "task",
+        seed: int = 0,
+        class_seed: int | None = None,
+        data_root: str | None = None,
+    ) -> Stream:
+        return split_stream(benchmark, dataset, classes_per_task, train_per_task, test_per_task,
+                            scenario, seed, class_seed, data_root)
+
+    make.__doc__ = summary
+    make.__name__ = make.__qualname__ = benchmark.replace("-", "_")
+    BENCHMARKS.register(benchmark)(make)
 
 
-@BENCHMARKS.register("split-fashion-mnist")
-def split_fashion_mnist(
-    classes_per_task: int = 2,
-    train_per_task: int | None = None,
-    test_per_task: int | None = None,
-    scenario: Literal["task", "class"] = "task",
-    seed: int = 0,
-    class_seed: int | None = None,
-    data_root: str | None = None,
-) -> Stream:
-    """Fashion-MNIST as 5 tasks of 2 classes (task-incremental by default)."""
-    return split_stream("split-fashion-mnist", "fashion-mnist", classes_per_task, train_per_task,
-                        test_per_task, scenario, seed, class_seed, data_root)
-
-
-@BENCHMARKS.register("split-digits")
-def split_digits(
-    classes_per_task: int = 2,
-    train_per_task: int | None = None,
-    test_per_task: int | None = None,
-    scenario: Literal["task", "class"] = "task",
-    seed: int = 0,
-    class_seed: int | None = None,
-    data_root: str | None = None,
-) -> Stream:
-    """scikit-learn's 8x8 digits as 5 tasks of 2 digits: tiny and fast, for tests and demos."""
-    return split_stream("split-digits", "digits", classes_per_task, train_per_task, test_per_task,
-                        scenario, seed, class_seed, data_root)
+_register("split-mnist", "mnist", "MNIST as 5 tasks of 2 digits (task-incremental by default).")
+_register("split-fashion-mnist", "fashion-mnist",
+          "Fashion-MNIST as 5 tasks of 2 classes (task-incremental by default).")
+_register("split-digits", "digits",
+          "scikit-learn's 8x8 digits as 5 tasks of 2 digits: tiny and fast, for tests and demos.")
