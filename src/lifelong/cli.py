@@ -145,7 +145,7 @@ def print_table(rows: list[tuple[str, Any]]) -> None:
     print(header)
     for name, result in rows:
         m = result.to_dict()["metrics"]
-        seconds = sum(result.train_seconds) + sum(result.eval_seconds)
+        seconds = result.total_seconds
         line = (f"{name:<12} {m['acc']:>7.3f} {m['bwt']:>+7.3f} {m['fwt']:>+7.3f} "
                 f"{m['forgetting']:>7.3f} {seconds:>7.1f} {result.peak_memory_mb:>8.0f}")
         if extra:

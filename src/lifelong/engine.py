@@ -43,12 +43,17 @@ class Result:
     train_seconds: list[float] = field(default_factory=list)
     eval_seconds: list[float] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
+    untrained_eval_seconds: float = 0.0
     method_memory: list[dict[str, int]] = field(default_factory=list)
     peak_memory_mb: float = 0.0
 
     @property
     def tasks_done(self) -> int:
         return len(self.train_seconds)
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.train_seconds) + sum(self.eval_seconds) + self.untrained_eval_seconds)
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -69,7 +74,8 @@ class Result:
             "seconds": {
                 "train": self.train_seconds,
                 "eval": self.eval_seconds,
-                "total": float(sum(self.train_seconds) + sum(self.eval_seconds)),
+                "untrained_eval": self.untrained_eval_seconds,
+                "total": self.total_seconds,
             },
             "train_loss": self.train_loss,
             "peak_memory_mb": self.peak_memory_mb,
@@ -136,7 +142,9 @@ def run(
             other_accuracy_matrix=nan.copy() if kind else None,
             other_kind=kind,
         )
+        start = time.perf_counter()
         result.untrained_accuracy[:] = evaluate(method, stream, eval_batch_size, device)[0]
+        result.untrained_eval_seconds = time.perf_counter() - start
     else:
         result = resume
     for task in stream.tasks[result.tasks_done:]:
