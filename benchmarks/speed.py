@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from lifelong.benchmarks import Stream, build_stream, make_stream
-from lifelong.engine import _mix, run  # _mix: the engine's seed for each task's batch order
+from lifelong.engine import mix_seed, run
 from lifelong.methods import make_method
 from lifelong.models import make_model
 
@@ -135,7 +135,7 @@ def plain_run(stream: Stream, seed: int) -> Timing:
         start = time.perf_counter()
         model.train()
         for epoch in range(EPOCHS):
-            generator = torch.Generator().manual_seed(_mix(seed, task.id, epoch))
+            generator = torch.Generator().manual_seed(mix_seed(seed, task.id, epoch))
             order = torch.randperm(len(task.y_train), generator=generator)
             for index in order.split(BATCH_SIZE):
                 optimizer.zero_grad()

@@ -1,6 +1,6 @@
 """The ``lifelong`` command. It parses arguments and delegates; the work lives in the library.
 
-    lifelong run                        the demo: every method on a short permuted-MNIST stream
+    lifelong run                        the demo: every method on permuted MNIST (GEM protocol)
     lifelong run --benchmark B --method M [--tasks N] [--seed S] [--epochs E] [--batch-size K]
                  [--lr X] [--param name=value ...] [--out DIR]
     lifelong list                       benchmarks, methods and models with their parameters
@@ -23,8 +23,8 @@ from lifelong.models import MODELS
 from lifelong.params import ParamError
 from lifelong.progress import run_progress
 
-#: The main job: every method on a short permuted-MNIST stream (about two minutes on 2 cores).
-DEMO = {"benchmark": "permuted-mnist", "tasks": 10, "benchmark_params": {"test_per_task": 2000}}
+#: The main job: every method on the GEM permuted-MNIST protocol (about one minute on 2 cores).
+DEMO = {"benchmark": "permuted-mnist", "tasks": None, "benchmark_params": {}}
 SECTIONS = {"method": METHODS, "benchmark": BENCHMARKS, "model": MODELS}
 
 
@@ -46,7 +46,7 @@ def build_parser() -> Parser:
         "run", help="run one experiment (with no arguments: the demo comparison of all methods)",
         description="Train method(s) on a benchmark task after task; print ACC/BWT/FWT and write "
         "result.json and accuracy_matrix.csv. With no --benchmark, runs the demo: every method on "
-        f"{DEMO['benchmark']} with {DEMO['tasks']} tasks.",
+        f"{DEMO['benchmark']} (GEM protocol: 20 tasks, 1000 training images each).",
     )
     run.add_argument("--benchmark", choices=BENCHMARKS.names, help="task stream (default: the demo)")
     run.add_argument("--method", default=None, metavar="M[,M...]",

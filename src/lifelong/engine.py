@@ -183,7 +183,7 @@ def train_task(
 ) -> tuple[float, float]:
     """Run the method's hooks over one task; returns (seconds, mean minibatch loss)."""
     task = stream[task_id]
-    torch.manual_seed(_mix(seed, task_id))
+    torch.manual_seed(mix_seed(seed, task_id))
     start = time.perf_counter()
     method.set_training(True)
     method.begin_task(task)
@@ -197,7 +197,7 @@ def train_task(
                                 "batches": n_batches * epochs})
     total_loss = torch.zeros((), device=device)
     for epoch in range(epochs):
-        generator = torch.Generator().manual_seed(_mix(seed, task_id, epoch))
+        generator = torch.Generator().manual_seed(mix_seed(seed, task_id, epoch))
         order = torch.randperm(len(y), generator=generator).to(device)
         for b, index in enumerate(order.split(batch_size)):
             batch_ids = ids[index] if per_sample_ids else ids
@@ -253,7 +253,7 @@ def _correct(logits: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -
     return int((mask_logits(logits, mask).argmax(1) == y).sum())
 
 
-def _mix(*numbers: int) -> int:
+def mix_seed(*numbers: int) -> int:
     """A 63-bit seed from integers (stable across runs and platforms)."""
     value = 0x9E3779B97F4A7C15
     for number in numbers:
