@@ -157,3 +157,11 @@ def test_memory_is_reported(toy_task_stream):
     per_net = 16 * 16 + 16 + 16 * 6 + 6
     assert [m["parameters"] for m in result.method_memory] == [3 * per_net] * 3
     assert result.method_memory[-1]["parameter_bytes"] == 3 * per_net * 4
+
+
+def test_result_round_trips_through_its_dict(toy_task_stream):
+    result, _ = _run("finetune", toy_task_stream)
+    partial = engine.Result.from_dict(result.to_dict())
+    np.testing.assert_array_equal(partial.accuracy_matrix, result.accuracy_matrix)
+    np.testing.assert_array_equal(partial.other_accuracy_matrix, result.other_accuracy_matrix)
+    assert partial.to_dict() == result.to_dict()

@@ -17,7 +17,8 @@ from typing import Any
 
 from lifelong.benchmarks import BENCHMARKS
 from lifelong.data import DatasetUnavailableError
-from lifelong.experiment import RunConfig, build_stream, run_experiment
+from lifelong.experiment import RunConfig, build_stream
+from lifelong.experiments import run_in_directory
 from lifelong.methods import METHODS
 from lifelong.models import MODELS
 from lifelong.params import ParamError
@@ -63,6 +64,9 @@ def build_parser() -> Parser:
                      "prefix with method./benchmark./model. when a name is ambiguous")
     run.add_argument("--device", default="cpu", help="torch device (default cpu)")
     run.add_argument("--out", type=Path, help="output directory (default runs/<time>-<benchmark>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run(s) in --out from their last good checkpoint "
+                     "(a finished run is not run again)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
 
     commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
@@ -122,6 +126,8 @@ def command_run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, seed=args.seed, device=args.device)
         config.resolved()  # validate every config before any work starts
         configs.append(config)
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out DIR: the directory of the run to continue")
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{benchmark}"
     stream = build_stream(configs[0])
     print(f"{benchmark}: {stream.n_tasks} tasks, scenario {stream.scenario}, "
@@ -130,7 +136,8 @@ def command_run(args: argparse.Namespace) -> int:
     for config in configs:
         run_dir = out / config.method if len(configs) > 1 else out
         with run_progress(config.method, enabled=not args.quiet) as progress:
-            result = run_experiment(config, stream=stream, out_dir=run_dir, progress=progress)
+            result = run_in_directory(config, run_dir, resume=args.resume, stream=stream,
+                                      progress=progress)
         rows.append((config.method, result))
     print_table(rows)
     print(f"results written to {out}")

@@ -89,6 +89,30 @@ class Result:
         return out
 
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Result:
+        """The inverse of `to_dict` (``result.json`` or a checkpoint back into a `Result`)."""
+        def matrix(rows) -> np.ndarray:
+            return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+        kind = next((key[len("accuracy_matrix_"):] for key in record
+                     if key.startswith("accuracy_matrix_")), None)
+        return cls(
+            accuracy_matrix=matrix(record["accuracy_matrix"]),
+            untrained_accuracy=matrix([record["untrained_accuracy"]])[0],
+            task_names=list(record["task_names"]),
+            scenario=record["scenario"],
+            other_accuracy_matrix=matrix(record[f"accuracy_matrix_{kind}"]) if kind else None,
+            other_kind=kind,
+            train_seconds=list(record["seconds"]["train"]),
+            eval_seconds=list(record["seconds"]["eval"]),
+            train_loss=list(record["train_loss"]),
+            untrained_eval_seconds=record["seconds"]["untrained_eval"],
+            method_memory=list(record["method_memory"]),
+            peak_memory_mb=record["peak_memory_mb"],
+        )
+
+
 def _float(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 

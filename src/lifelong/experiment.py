@@ -7,7 +7,9 @@ into the full config with every default written out, which is what ``result.json
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ class RunConfig:
     epochs: int = 1
     batch_size: int = 10
     seed: int = 0
+    #: task order: None or 0 for the stream's own, k > 0 for the k-th seeded shuffle, or a list
+    order: int | list[int] | None = None
     device: str = "cpu"
 
     def resolved(self) -> dict[str, Any]:
@@ -48,6 +52,8 @@ class RunConfig:
             raise ParamError(f"batch_size={self.batch_size} must be at least 1")
         if self.tasks is not None and self.tasks < 1:
             raise ParamError(f"tasks={self.tasks} must be at least 1")
+        if isinstance(self.order, int) and self.order < 0:
+            raise ParamError(f"order={self.order} must be a non-negative integer or a list of tasks")
         bench_params = dict(self.benchmark_params)
         names = {p.name for p in BENCHMARKS.params(self.benchmark)}
         bench_params.setdefault("seed", self.seed)
@@ -57,7 +63,24 @@ class RunConfig:
         out["benchmark_params"] = BENCHMARKS.resolve(self.benchmark, bench_params)
         out["method_params"] = METHODS.resolve(self.method, self.method_params)
         out["model_params"] = MODELS.resolve(self.model, self.model_params)
-        return out
+        out["order"] = list(self.order) if isinstance(self.order, (list, tuple)) else self.order
+        return json.loads(json.dumps(out))  # tuples become lists: the form result.json holds
+
+    def key(self) -> str:
+        """A hash of the full config: runs with the same key compute the same thing."""
+        canonical = json.dumps(self.resolved(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_order(order: int | list[int] | None, n_tasks: int) -> list[int] | None:
+    """The permutation ``order`` stands for (None for the stream's own order)."""
+    if order is None or (isinstance(order, int) and order == 0):
+        return None
+    if isinstance(order, int):
+        return torch.randperm(n_tasks, generator=torch.Generator().manual_seed(order)).tolist()
+    if sorted(order) != list(range(n_tasks)):
+        raise ParamError(f"order={list(order)} must be a permutation of 0..{n_tasks - 1}")
+    return list(order)
 
 
 def build_stream(config: RunConfig) -> Stream:
@@ -69,7 +92,8 @@ def build_stream(config: RunConfig) -> Stream:
                 f"tasks={config.tasks} exceeds the {stream.n_tasks} tasks of {config.benchmark}"
             )
         stream = stream.first(config.tasks)
-    return stream
+    order = task_order(config.order, stream.n_tasks)
+    return stream if order is None else stream.reordered(order)
 
 
 def build_method(config: RunConfig, stream: Stream) -> Method:
@@ -99,7 +123,9 @@ def run_experiment(
 def result_record(config: RunConfig, result: engine.Result) -> dict[str, Any]:
     """The content of ``result.json``: the full config, the measurements and the environment."""
     return {
+        "key": config.key(),
         "config": config.resolved(),
+        "complete": result.tasks_done == len(result.task_names),
         **result.to_dict(),
         "environment": {
             "lifelong": lifelong.__version__,
