@@ -3,12 +3,15 @@
     lifelong run                        the demo: every method on permuted MNIST (GEM protocol)
     lifelong run --benchmark B --method M [--tasks N] [--seed S] [--epochs E] [--batch-size K]
                  [--lr X] [--param name=value ...] [--out DIR]
+    lifelong sweep CONFIG [--executor local|ray] [--workers N] [--address HOST:PORT] [--out DIR]
+    lifelong runs STORE [--rebuild]     the runs of a sweep's store, from its SQLite index
     lifelong list                       benchmarks, methods and models with their parameters
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -68,6 +71,28 @@ def build_parser() -> Parser:
                      help="continue the run(s) in --out from their last good checkpoint "
                      "(a finished run is not run again)")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sweep = commands.add_parser(
+        "sweep", help="run the grid of runs a YAML config describes",
+        description="Run every combination of a YAML config's list-valued fields (benchmarks, "
+        "methods and their parameters, seeds, task orders). Finished runs are skipped, "
+        "interrupted ones resume; a failing run is retried once and reported.",
+    )
+    sweep.add_argument("config", type=Path, help="YAML file (see docs/sweeps.md)")
+    sweep.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local: a process pool here (default); ray: a Ray cluster")
+    sweep.add_argument("--workers", type=int, help="parallel runs (default: the number of cores)")
+    sweep.add_argument("--address", metavar="HOST:PORT",
+                       help="join this Ray cluster instead of starting an embedded one")
+    sweep.add_argument("--out", type=Path, help="store directory (default sweeps/<config name>)")
+    sweep.add_argument("--dry-run", action="store_true", help="validate and list the runs only")
+
+    runs = commands.add_parser("runs", help="list the runs of a store (a sweep's --out)")
+    runs.add_argument("store", type=Path)
+    runs.add_argument("--rebuild", action="store_true",
+                      help="recreate the SQLite index from the run directories first")
+    runs.add_argument("--method", help="only this method")
+    runs.add_argument("--status", choices=["pending", "done", "failed", "incomplete"])
 
     commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
     return parser
@@ -161,6 +186,51 @@ def print_table(rows: list[tuple[str, Any]]) -> None:
         print(line)
 
 
+def command_sweep(args: argparse.Namespace) -> int:
+    from lifelong.experiments.config import expand, load_config
+    from lifelong.experiments.sweep import describe, run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers={args.workers} must be at least 1")
+    if args.address and args.executor != "ray":
+        raise UsageError("--address is for --executor ray")
+    runs = expand(load_config(args.config))
+    out = args.out or Path("sweeps") / args.config.stem
+    if args.dry_run:
+        for config in runs:
+            print(describe(config))
+        print(f"{len(runs)} runs; nothing was run (--dry-run)")
+        return 0
+    workers = args.workers or (os.cpu_count() or 1)
+    summary = run_sweep(runs, out, executor=args.executor, workers=workers, address=args.address,
+                        config_file=args.config)
+    for config, error in summary.failed:
+        print(f"FAILED {describe(config)}: {error}", file=sys.stderr)
+    print(f"{len(summary.done)} runs done, {len(summary.cached)} already done, "
+          f"{len(summary.failed)} failed; store: {out}")
+    return 0 if summary.ok else 1
+
+
+def command_runs(args: argparse.Namespace) -> int:
+    from lifelong.experiments.store import INDEX, Store
+
+    if not (args.store / INDEX).exists() and not (args.store / "runs").is_dir():
+        raise UsageError(f"{args.store} is not a store (no {INDEX} or runs/ directory)")
+    store = Store(args.store)
+    if args.rebuild:
+        print(f"index rebuilt: {store.rebuild()} runs", file=sys.stderr)
+    where = {k: v for k, v in (("method", args.method), ("status", args.status)) if v}
+    records = store.runs(**where)
+    print(f"{'status':<10} {'benchmark':<20} {'method':<12} {'seed':>4} {'ACC':>7} {'BWT':>7}  run")
+    for r in records:
+        acc = f"{r.metrics['acc']:.3f}" if r.metrics else "-"
+        bwt = f"{r.metrics['bwt']:+.3f}" if r.metrics else "-"
+        print(f"{r.status:<10} {r.benchmark:<20} {r.method:<12} {r.seed:>4} {acc:>7} {bwt:>7}  "
+              f"{r.run_dir}")
+    print(f"{len(records)} runs")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     for title, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("models", MODELS)):
         print(f"{title}:")
@@ -176,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"run": command_run, "list": command_list}[args.command](args)
+        commands = {"run": command_run, "sweep": command_sweep, "runs": command_runs,
+                    "list": command_list}
+        return commands[args.command](args)
     except (UsageError, ParamError, ValueError) as error:  # bad input: one line, exit code 2
         print(f"lifelong: error: {error}", file=sys.stderr)
         return 2

@@ -52,6 +52,10 @@ class RunConfig:
             raise ParamError(f"batch_size={self.batch_size} must be at least 1")
         if self.tasks is not None and self.tasks < 1:
             raise ParamError(f"tasks={self.tasks} must be at least 1")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ParamError(f"device={self.device!r} is not a torch device (cpu, cuda, cuda:1...)") from None
         if isinstance(self.order, int) and self.order < 0:
             raise ParamError(f"order={self.order} must be a non-negative integer or a list of tasks")
         bench_params = dict(self.benchmark_params)
