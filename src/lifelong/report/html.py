@@ -126,7 +126,7 @@ def _benchmark_section(index: int, table: Table) -> str:
     parts = [
         f'<section id="{_anchor(index)}"><h2>{_e(table.label)}</h2>',
         f'<p class="meta">Scenario: {_e(str(first.record.get("scenario", "?")))}-incremental · '
-        f"{first.n_tasks} tasks ({_e(', '.join(first.task_names))}) · {len(table.runs)} runs · "
+        f"{first.n_tasks} tasks ({_e(_shorten(first.task_names))}) · {len(table.runs)} runs · "
         f"seeds {_e(', '.join(seeds))}{' · several task orders' if orders else ''}</p>",
         comparison_table(table),
         "<h3>Accuracy matrices (mean over runs)</h3>",
@@ -179,6 +179,13 @@ def _runs_list(rows: Sequence[Row]) -> str:
         f"<li>{_e(row.label)}: " + ", ".join(f"<code>{_e(str(run.path.parent))}</code>" for run in row.runs)
         + "</li>" for row in rows)
     return f"<details><summary>Run directories</summary><ul>{items}</ul></details>"
+
+
+def _shorten(names: Sequence[str], keep: int = 8) -> str:
+    """``a, b, c, ..., z`` for long lists of names."""
+    if len(names) <= keep:
+        return ", ".join(names)
+    return ", ".join([*names[: keep - 2], "…", names[-1]])
 
 
 def _anchor(index: int) -> str:

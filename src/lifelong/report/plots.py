@@ -36,14 +36,14 @@ def accuracy_heatmap(matrix: np.ndarray, task_labels: Sequence[str], title: str)
     """R[i, j] as an annotated heatmap. Cells above the diagonal (tasks not trained yet, the
     accuracies behind FWT) are grey with grey numbers, so the colours show trained tasks only."""
     n = matrix.shape[0]
-    side = min(max(3.2, 0.55 * n + 1.6), 9.0)
+    side = min(max(3.2, 0.4 * n + 1.6), 7.0)
     figure = Figure(figsize=(side + 0.9, side))
     axes = figure.add_subplot()
     future = np.triu(np.ones_like(matrix, dtype=bool), k=1)
     image = axes.imshow(np.where(future, np.nan, matrix), cmap="viridis", vmin=0.0, vmax=1.0)
     axes.imshow(np.where(future, 0.0, np.nan), cmap=ListedColormap(["#e8e8e8"]))
-    size = 9 if n <= 6 else 7 if n <= 10 else 5
-    for i in range(n):
+    size = 9 if n <= 6 else 7 if n <= 10 else 6 if n <= 16 else 5
+    for i in range(n if n <= 30 else 0):  # beyond 30 tasks the numbers would not fit
         for j in range(n):
             value = matrix[i, j]
             if np.isnan(value):

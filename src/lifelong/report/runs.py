@@ -1,8 +1,8 @@
 """Finding and loading finished runs: every ``result.json`` below the directories given.
 
 A directory may be one run's directory or any ancestor of many (a sweep). Result files that cannot
-be read, lack ``config`` or ``accuracy_matrix``, or belong to partial runs (a missing entry in the
-last row of the accuracy matrix) are skipped with a warning and counted, never fatal.
+be read, lack ``config`` or ``accuracy_matrix``, or belong to partial runs (``"complete": false``,
+or a missing entry in the last row of the accuracy matrix) are skipped with a warning and counted.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def load_run(path: Path) -> Run:
         raise UnusableResultError("invalid", "no 'accuracy_matrix'")
     if any(len(row) != len(matrix) for row in matrix):
         raise UnusableResultError("invalid", "'accuracy_matrix' is not square")
-    if any(as_number(v) is None for v in matrix[-1]):
+    if record.get("complete") is False or any(as_number(v) is None for v in matrix[-1]):
         done = sum(1 for row in matrix if row and all(as_number(v) is not None for v in row))
         raise UnusableResultError("partial", f"partial run ({done} of {len(matrix)} tasks finished)")
     return Run(Path(path), record)
