@@ -102,31 +102,41 @@ def accuracy_through_stream(panels: Sequence[tuple[str, np.ndarray, Sequence[str
 
 
 def acc_bwt_bars(labels: Sequence[str], acc: Sequence[Summary], bwt: Sequence[Summary]) -> bytes:
-    """Horizontal bars of ACC and BWT per method, with 95% confidence intervals as error bars."""
+    """Horizontal bars of ACC and BWT per method, with 95% confidence intervals as error bars.
+
+    ACC spans [0, 1]; BWT is centred on 0 and wide enough for every interval (at most [-1, 1]).
+    Intervals reaching past the axes are cut at the edge; the value labels stay inside.
+    """
     height = 0.45 * len(labels) + 1.5
     figure = Figure(figsize=(10.0, height), layout="constrained")
     left, right = figure.subplots(1, 2, sharey=True)
     positions = np.arange(len(labels))[::-1]
-    for axes, values, title in ((left, acc, "ACC (final average accuracy)"),
-                                (right, bwt, "BWT (backward transfer)")):
+    spread = max([abs(s.mean or 0.0) + (s.half_width or 0.0) for s in bwt] + [0.01])
+    limits = ((0.0, 1.12), (-1.3 * min(spread, 1.0), 1.3 * min(spread, 1.0)))
+    panels = ((left, acc, "ACC (final average accuracy)", "accuracy", "{:.3f}"),
+              (right, bwt, "BWT (backward transfer)", "change in accuracy", "{:+.3f}"))
+    for (axes, values, title, xlabel, fmt), (low, high) in zip(panels, limits, strict=True):
         means = np.array([np.nan if s.mean is None else s.mean for s in values])
         errors = np.array([0.0 if s.half_width is None else s.half_width for s in values])
         colours = [TAB10[k % len(TAB10)] for k in range(len(labels))]
         axes.barh(positions, np.nan_to_num(means), xerr=errors, color=colours, alpha=0.85,
                   capsize=4, error_kw={"elinewidth": 1.2})
+        axes.set_xlim(low, high)
         for y, mean, error in zip(positions, means, errors, strict=True):
-            if not np.isnan(mean):
-                axes.annotate(f"{mean:+.3f}" if axes is right else f"{mean:.3f}",
-                              (mean + (error if mean >= 0 else -error), y),
-                              xytext=(4 if mean >= 0 else -4, 0), textcoords="offset points",
-                              ha="left" if mean >= 0 else "right", va="center", fontsize=8)
+            if np.isnan(mean):
+                continue
+            end = mean + error if mean >= 0 else mean - error
+            room = 0.12 * (high - low)  # for the label beyond the end of the interval
+            inside = end < high - room if mean >= 0 else end > low + room
+            x = float(np.clip(end, low, high))
+            towards_right = (mean >= 0) == inside  # labels cut at an edge turn back inwards
+            axes.annotate(fmt.format(mean), (x, y), xytext=(4 if towards_right else -4, 0),
+                          textcoords="offset points", ha="left" if towards_right else "right",
+                          va="center", fontsize=8,
+                          bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1})
         axes.set_title(title, fontsize=10)
         axes.grid(axis="x", alpha=0.3)
-        axes.set_xlabel("accuracy" if axes is left else "change in accuracy")
-    left.set_xlim(0.0, 1.12)
-    spread = max([abs(m) + e for m, e in zip(
-        [s.mean or 0.0 for s in bwt], [s.half_width or 0.0 for s in bwt], strict=True)] + [0.01])
-    right.set_xlim(-1.35 * spread, 1.35 * spread)
+        axes.set_xlabel(xlabel)
     right.axvline(0.0, color="black", linewidth=0.8)
     left.set_yticks(positions, labels, fontsize=9)
     figure.suptitle("error bars: 95% confidence interval over runs", fontsize=8)
