@@ -20,13 +20,14 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 0
 fi
 
+LOG="${TMPDIR:-/tmp}/ensure_chromium.log"
 echo "ensure_chromium: installing chromium with apt-get (a few minutes the first time)"
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y --no-install-recommends chromium >/tmp/ensure_chromium.log 2>&1; then
+if ! apt-get install -y --no-install-recommends chromium >"$LOG" 2>&1; then
     # The package lists may be missing or stale: refresh them once and try again.
-    apt-get update >>/tmp/ensure_chromium.log 2>&1
-    if ! apt-get install -y --no-install-recommends chromium >>/tmp/ensure_chromium.log 2>&1; then
-        echo "ensure_chromium: could not install chromium (see /tmp/ensure_chromium.log);" \
+    apt-get update >>"$LOG" 2>&1
+    if ! apt-get install -y --no-install-recommends chromium >>"$LOG" 2>&1; then
+        echo "ensure_chromium: could not install chromium (see "$LOG");" \
              "the browser test will skip"
         exit 0
     fi

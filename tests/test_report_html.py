@@ -77,7 +77,7 @@ def test_report_is_written_atomically(runs, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("plotting failed")
 
-    monkeypatch.setattr(html.plots, "acc_bwt_bars", broken)
+    monkeypatch.setattr(html.plots, "accuracy_heatmap", broken)
     with pytest.raises(RuntimeError, match="plotting failed"):
         write_report([runs], out)
     assert out.read_text() == "old report"
