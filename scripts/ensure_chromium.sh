@@ -27,7 +27,7 @@ if ! apt-get install -y --no-install-recommends chromium >"$LOG" 2>&1; then
     # The package lists may be missing or stale: refresh them once and try again.
     apt-get update >>"$LOG" 2>&1
     if ! apt-get install -y --no-install-recommends chromium >>"$LOG" 2>&1; then
-        echo "ensure_chromium: could not install chromium (see "$LOG");" \
+        echo "ensure_chromium: could not install chromium (see $LOG);" \
              "the browser test will skip"
         exit 0
     fi
