@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(BIN)/lifelong run
 
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

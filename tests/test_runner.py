@@ -1,6 +1,7 @@
 """Run directories: checkpoints after every task, resume after SIGKILL, corrupt checkpoints."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -112,15 +113,18 @@ def newest_checkpoint(run_dir: Path) -> str | None:
 
 
 def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
-    subprocess.run(CLI + ["--out", str(tmp_path / "reference")], check=True, capture_output=True)
+    # one thread per process: the runs stay fast even when other work shares the two cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(CLI + ["--out", str(tmp_path / "reference")], check=True, capture_output=True,
+                   env=env)
     run_dir = tmp_path / "killed"
     rng = random.Random(0)
     kills = 0
     while kills < 4 and not (run_dir / "result.json").exists():
         before = newest_checkpoint(run_dir) if run_dir.exists() else None
-        process = subprocess.Popen(CLI + ["--out", str(run_dir), "--resume"],
+        process = subprocess.Popen(CLI + ["--out", str(run_dir), "--resume"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             if run_dir.exists() and newest_checkpoint(run_dir) != before:
                 break  # a new task finished: kill somewhere in the next one (or mid-checkpoint)
@@ -130,7 +134,8 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait()
-    subprocess.run(CLI + ["--out", str(run_dir), "--resume"], check=True, capture_output=True)
+    subprocess.run(CLI + ["--out", str(run_dir), "--resume"], check=True, capture_output=True,
+                   env=env)
     assert kills >= 2
     reference = json.loads((tmp_path / "reference" / "result.json").read_text())
     resumed = json.loads((run_dir / "result.json").read_text())

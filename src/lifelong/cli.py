@@ -5,6 +5,8 @@
                  [--lr X] [--param name=value ...] [--out DIR]
     lifelong sweep CONFIG [--executor local|ray] [--workers N] [--address HOST:PORT] [--out DIR]
     lifelong runs STORE [--rebuild]     the runs of a sweep's store, from its SQLite index
+    lifelong compare DIR... [--format text|markdown|csv|json]    mean ± 95% CI over seeds
+    lifelong report DIR... -o report.html                        one self-contained HTML page
     lifelong list                       benchmarks, methods and models with their parameters
 """
 
@@ -93,6 +95,22 @@ def build_parser() -> Parser:
                       help="recreate the SQLite index from the run directories first")
     runs.add_argument("--method", help="only this method")
     runs.add_argument("--status", choices=["pending", "done", "failed", "incomplete"])
+
+    compare = commands.add_parser(
+        "compare", help="compare finished runs: mean ± 95%% CI per benchmark and method",
+        description="A table per benchmark of method x metric (ACC, BWT, FWT, forgetting, time, "
+        "memory) as mean ± 95%% confidence interval over seeds and task orders.",
+    )
+    compare.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+                         help="run directories, sweep stores, or any folder above them")
+    compare.add_argument("--format", default="text", choices=["text", "markdown", "csv", "json"])
+
+    report = commands.add_parser("report", help="write one self-contained HTML report of finished runs")
+    report.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
+                        help="run directories, sweep stores, or any folder above them")
+    report.add_argument("-o", "--output", type=Path, default=Path("report.html"),
+                        help="the HTML file to write (default report.html)")
+    report.add_argument("--title", help="the page title")
 
     commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
     return parser
@@ -231,6 +249,20 @@ def command_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from lifelong.report import compare
+
+    print(compare(args.dirs, args.format), end="")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from lifelong.report import write_report
+
+    print(f"report written to {write_report(args.dirs, args.output, title=args.title)}")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     for title, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("models", MODELS)):
         print(f"{title}:")
@@ -247,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         commands = {"run": command_run, "sweep": command_sweep, "runs": command_runs,
-                    "list": command_list}
+                    "compare": command_compare, "report": command_report, "list": command_list}
         return commands[args.command](args)
     except (UsageError, ParamError, ValueError) as error:  # bad input: one line, exit code 2
         print(f"lifelong: error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ once; it never takes the sweep down.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -82,8 +83,8 @@ def run_sweep(
             say(f"retrying {len(pending)} failed run(s) once")
         specs = [{"config": dataclasses.asdict(c), "run_dir": str(store.run_dir(c))} for c in pending]
         failed_now = []
-        with make_executor(executor, workers=workers, address=address,
-                           temp_dir=None) as pool:
+        with make_executor(executor, workers=workers or os.cpu_count() or 1,
+                           address=address) as pool:
             for index, outcome in pool.map_unordered(execute_run, specs):
                 config = pending[index]
                 if isinstance(outcome, JobFailed):
