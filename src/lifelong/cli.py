@@ -24,10 +24,11 @@ from lifelong.benchmarks import BENCHMARKS
 from lifelong.data import DatasetUnavailableError
 from lifelong.experiment import RunConfig, build_stream
 from lifelong.experiments import run_in_directory
+from lifelong.loggers import open_loggers, parse_target
 from lifelong.methods import METHODS
 from lifelong.models import MODELS
 from lifelong.params import ParamError
-from lifelong.progress import run_progress
+from lifelong.progress import chain, run_progress
 
 #: The main job: every method on the GEM permuted-MNIST protocol (about one minute on 2 cores).
 DEMO = {"benchmark": "permuted-mnist", "tasks": None, "benchmark_params": {}}
@@ -69,6 +70,9 @@ def build_parser() -> Parser:
                      "prefix with method./benchmark./model. when a name is ambiguous")
     run.add_argument("--device", default="cpu", help="torch device (default cpu)")
     run.add_argument("--out", type=Path, help="output directory (default runs/<time>-<benchmark>)")
+    run.add_argument("--log", action="append", default=[], metavar="KIND:WHERE",
+                     help="also log each task to tensorboard:DIR or mlflow:URI "
+                     "(e.g. mlflow:sqlite:///mlflow.db); needs the extra lifelong[tensorboard|mlflow]")
     run.add_argument("--resume", action="store_true",
                      help="continue the run(s) in --out from their last good checkpoint "
                      "(a finished run is not run again)")
@@ -169,6 +173,8 @@ def command_run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, seed=args.seed, device=args.device)
         config.resolved()  # validate every config before any work starts
         configs.append(config)
+    for spec in args.log:
+        parse_target(spec)  # a bad --log fails before any work
     if args.resume and args.out is None:
         raise UsageError("--resume needs --out DIR: the directory of the run to continue")
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{benchmark}"
@@ -178,9 +184,11 @@ def command_run(args: argparse.Namespace) -> int:
     rows = []
     for config in configs:
         run_dir = out / config.method if len(configs) > 1 else out
-        with run_progress(config.method, enabled=not args.quiet) as progress:
+        name = f"{benchmark}-{config.method}-s{config.seed}"
+        with run_progress(config.method, enabled=not args.quiet) as progress, \
+                open_loggers(args.log, name, config.resolved()) as log:
             result = run_in_directory(config, run_dir, resume=args.resume, stream=stream,
-                                      progress=progress)
+                                      progress=chain(progress, log))
         rows.append((config.method, result))
     print_table(rows)
     print(f"results written to {out}")

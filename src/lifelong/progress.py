@@ -10,6 +10,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def chain(*callbacks):
+    """One progress callback calling each of ``callbacks`` that is not None (None if none is)."""
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+
+    def call_all(event: str, info: dict[str, Any]) -> None:
+        for callback in active:
+            callback(event, info)
+
+    return call_all
+
+
 def task_line(label: str, info: dict[str, Any]) -> str:
     accuracy = info["accuracy"][: info["task"] + 1]
     return (
