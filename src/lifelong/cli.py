@@ -279,7 +279,14 @@ def command_list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Ray reads these when it is imported: loopback only, no auth token, no usage stats (INFRA.md)
+RAY_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+                   "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for name, value in RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
