@@ -76,3 +76,41 @@ def test_cli_sweep_dry_run_and_exit_codes(tmp_path, capsys):
 def test_runs_on_a_missing_store(argv, capsys):
     assert main(argv) == 2
     assert "is not a store" in capsys.readouterr().err
+
+
+KILL_GRID = """
+benchmark: permuted-mnist
+benchmark_params: {n_tasks: 6, train_per_task: 300, test_per_task: 200}
+methods: [finetune, joint]
+seed: 1
+"""
+
+
+def test_killed_sweep_leaves_no_workers_and_its_rerun_matches_an_uninterrupted_one(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "kill.yaml"
+    config.write_text(KILL_GRID)
+    command = [sys.executable, "-m", "lifelong.cli", "sweep", str(config), "--workers", "2"]
+    subprocess.run(command + ["--out", str(tmp_path / "reference")], check=True, capture_output=True)
+    sweep = subprocess.Popen(command + ["--out", str(tmp_path / "killed")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob("killed/runs/*/checkpoints/*.ckpt")):
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True)
+    children = [int(pid) for pid in workers.stdout.split()]
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    time.sleep(1.0)
+    alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+             and "zombie" not in open(f"/proc/{pid}/status").read()]
+    assert children and not alive  # the workers died with the sweep
+    subprocess.run(command + ["--out", str(tmp_path / "killed")], check=True, capture_output=True)
+    assert matrices(tmp_path / "killed") == matrices(tmp_path / "reference")
+    assert "resumed after task" in "".join(
+        p.read_text() for p in tmp_path.glob("killed/runs/*/log.txt"))

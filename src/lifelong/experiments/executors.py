@@ -130,11 +130,31 @@ def _call(fn: Job, spec: dict, threads: int) -> tuple[str, Any, str]:
     return "ok", result, ""
 
 
-def _init_local_worker(threads: int) -> None:
-    """Pool initializer: import torch once and set its threads before the first job arrives."""
+def _init_local_worker(threads: int, parent: int) -> None:
+    """Pool initializer: die with the parent, import torch once and set its threads."""
+    _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the process that made it dies (PR_SET_PDEATHSIG).
+
+    Without it, killing a sweep (say, with SIGKILL) leaves its workers running their jobs as
+    orphans, writing into the run directories that the re-run sweep resumes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _name(fn: Callable) -> str:
@@ -203,7 +223,7 @@ class LocalExecutor(Executor):
         if self._pool is not None:              # broken: its workers are dead or being terminated
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_local_worker, initargs=(self.threads,))
+                                         initializer=_init_local_worker, initargs=(self.threads, os.getpid()))
         return self._pool
 
     def _submit(self, fn: Job, spec: dict) -> Future:
