@@ -97,8 +97,8 @@ def test_reordering_a_real_stream():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"n_tasks": 0}, "n_tasks=0 must be a positive integer"),
-    ({"train_per_task": -1}, "train_per_task=-1 must be a positive integer"),
+    ({"n_tasks": 0}, "n_tasks=0 is out of range; allowed: >= 1"),
+    ({"train_per_task": -1}, "train_per_task=-1 is out of range; allowed: >= 1"),
     ({"scenario": "other"}, "allowed values: domain, task, class"),
 ])
 def test_bad_benchmark_parameters(params, message):

@@ -39,3 +39,21 @@ def test_registry_resolves_defaults_and_rejects_unknown():
     with pytest.raises(ParamError, match="thing='b' is unknown; allowed values: a"):
         registry.get("b")
     assert "lr=0.1" in registry.describe() and "An A." in registry.describe()
+
+
+def test_ranges_in_annotations_are_checked_and_described():
+    from typing import Annotated
+
+    from lifelong.params import AtLeastOne, Fraction, Positive, describe_type
+
+    assert convert("n", "3", Annotated[int, AtLeastOne]) == 3
+    with pytest.raises(ParamError, match=r"n=0 is out of range; allowed: >= 1"):
+        convert("n", "0", Annotated[int, AtLeastOne])
+    with pytest.raises(ParamError, match=r"lr=0.0 is out of range; allowed: > 0"):
+        convert("lr", 0, Annotated[float, Positive])
+    with pytest.raises(ParamError, match=r"allowed: >= 0 and < 1"):
+        convert("dropout", "1", Annotated[float, Fraction])
+    with pytest.raises(ParamError, match=r"hidden=\(10, 0\) is out of range"):
+        convert("hidden", "10,0", Annotated[tuple[int, ...], AtLeastOne])
+    assert convert("n", "none", Annotated[int, AtLeastOne] | None) is None
+    assert describe_type(Annotated[int, AtLeastOne] | None) == "int >= 1 or none"

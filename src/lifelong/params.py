@@ -13,11 +13,49 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 
 class ParamError(ValueError):
     """A bad component name, parameter name or parameter value (shown to users as one line)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A bound on a numeric parameter, written into its annotation: ``Annotated[int, Range(1)]``.
+
+    Checked when a value is converted, so a config is rejected before anything runs.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, field: str, value: Any) -> None:
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if v is None:
+                continue
+            too_low = self.low is not None and (v <= self.low if self.low_open else v < self.low)
+            too_high = self.high is not None and (v >= self.high if self.high_open else v > self.high)
+            if too_low or too_high:
+                raise ParamError(f"{field}={value!r} is out of range; allowed: {self.describe()}")
+
+    def describe(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+
+#: common bounds
+AtLeastOne = Range(1)
+Positive = Range(0, low_open=True)
+NonNegative = Range(0)
+Fraction = Range(0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -33,6 +71,9 @@ class Param:
 
 def describe_type(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        bounds = [a.describe() for a in annotation.__metadata__ if isinstance(a, Range)]
+        return describe_type(args[0]) + (f" {' '.join(bounds)}" if bounds else "")
     if origin is Literal:
         return "|".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -45,10 +86,19 @@ def describe_type(annotation: Any) -> str:
 def convert(field: str, value: Any, annotation: Any) -> Any:
     """``value`` (a string from the CLI or a YAML/Python value) converted to ``annotation``."""
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        converted = convert(field, value, args[0])
+        for extra in annotation.__metadata__:
+            if isinstance(extra, Range):
+                extra.check(field, converted)
+        return converted
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: X's own error says more
+            return convert(field, value, options[0])
         errors = []
         for arg in args:
             if arg is type(None):
@@ -131,7 +181,8 @@ class Registry:
     def params(self, name: str) -> list[Param]:
         target = self.get(name)
         signature = inspect.signature(target)
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target,
+                                      include_extras=True)
         out = []
         for pname, parameter in signature.parameters.items():
             if pname in self.skip or parameter.kind in (

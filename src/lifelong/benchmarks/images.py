@@ -29,10 +29,6 @@ def subsample(n_total: int, n: int | None, generator: torch.Generator) -> torch.
     return order if n is None or n >= n_total else order[:n]
 
 
-def check_positive(field: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"{field}={value} must be a positive integer")
-
 
 def transformed_mnist(
     benchmark: str,
@@ -49,8 +45,6 @@ def transformed_mnist(
     Each task draws its own ``train_per_task`` training and ``test_per_task`` test images (GEM's
     ``samples_per_task``; GEM scores on the whole test set), in task order from ``generator``.
     """
-    check_positive("train_per_task", train_per_task)
-    check_positive("test_per_task", test_per_task)
     x_train, y_train = image_tensors("mnist", "train", data_root)
     x_test, y_test = image_tensors("mnist", "test", data_root)
     parts = []

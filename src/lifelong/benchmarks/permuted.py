@@ -8,26 +8,26 @@ scores on ``test_per_task`` test images (default: GEM's whole 10k test set).
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
-from lifelong.benchmarks.images import check_positive, transformed_mnist
+from lifelong.benchmarks.images import transformed_mnist
 from lifelong.benchmarks.registry import BENCHMARKS
 from lifelong.benchmarks.stream import Stream
+from lifelong.params import AtLeastOne
 
 
 @BENCHMARKS.register("permuted-mnist")
 def permuted_mnist(
-    n_tasks: int = 20,
-    train_per_task: int | None = 1000,
-    test_per_task: int | None = None,
+    n_tasks: Annotated[int, AtLeastOne] = 20,
+    train_per_task: Annotated[int, AtLeastOne] | None = 1000,
+    test_per_task: Annotated[int, AtLeastOne] | None = None,
     scenario: Literal["domain", "task", "class"] = "domain",
     seed: int = 0,
     data_root: str | None = None,
 ) -> Stream:
     """MNIST under a new pixel permutation per task (GEM protocol; single head by default)."""
-    check_positive("n_tasks", n_tasks)
     generator = torch.Generator().manual_seed(seed)
     permutations = [torch.randperm(28 * 28, generator=generator) for _ in range(n_tasks)]
     transforms = [(f"permutation-{t}", partial(permute, permutation=p))

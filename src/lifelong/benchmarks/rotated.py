@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 
-from lifelong.benchmarks.images import check_positive, transformed_mnist
+from lifelong.benchmarks.images import transformed_mnist
 from lifelong.benchmarks.registry import BENCHMARKS
 from lifelong.benchmarks.stream import Stream
+from lifelong.params import AtLeastOne
 
 
 @BENCHMARKS.register("rotated-mnist")
 def rotated_mnist(
-    n_tasks: int = 20,
-    train_per_task: int | None = 1000,
-    test_per_task: int | None = None,
+    n_tasks: Annotated[int, AtLeastOne] = 20,
+    train_per_task: Annotated[int, AtLeastOne] | None = 1000,
+    test_per_task: Annotated[int, AtLeastOne] | None = None,
     min_degrees: float = 0.0,
     max_degrees: float = 180.0,
     scenario: Literal["domain", "task", "class"] = "domain",
@@ -31,7 +32,6 @@ def rotated_mnist(
     data_root: str | None = None,
 ) -> Stream:
     """MNIST rotated by a seeded angle from the task's own bin of [0, 180) degrees."""
-    check_positive("n_tasks", n_tasks)
     if not min_degrees < max_degrees:
         raise ValueError(f"min_degrees={min_degrees} must be below max_degrees={max_degrees}")
     generator = torch.Generator().manual_seed(seed)

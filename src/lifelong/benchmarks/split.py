@@ -8,13 +8,14 @@ which classes go together.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
-from lifelong.benchmarks.images import check_positive, image_tensors, subsample
+from lifelong.benchmarks.images import image_tensors, subsample
 from lifelong.benchmarks.registry import BENCHMARKS
 from lifelong.benchmarks.stream import Stream, build_stream
+from lifelong.params import AtLeastOne
 
 
 def split_stream(
@@ -28,9 +29,6 @@ def split_stream(
     class_seed: int | None,
     data_root: str | None,
 ) -> Stream:
-    check_positive("classes_per_task", classes_per_task)
-    check_positive("train_per_task", train_per_task)
-    check_positive("test_per_task", test_per_task)
     if scenario == "domain":
         raise ValueError("scenario='domain' does not apply to split benchmarks; use task or class")
     x_train, y_train = image_tensors(dataset, "train", data_root)
@@ -65,9 +63,9 @@ def _pick(labels: torch.Tensor, classes: list[int], n: int | None, generator) ->
 
 def _register(benchmark: str, dataset: str, summary: str) -> None:
     def make(
-        classes_per_task: int = 2,
-        train_per_task: int | None = None,
-        test_per_task: int | None = None,
+        classes_per_task: Annotated[int, AtLeastOne] = 2,
+        train_per_task: Annotated[int, AtLeastOne] | None = None,
+        test_per_task: Annotated[int, AtLeastOne] | None = None,
         scenario: Literal["task", "class"] = "task",
         seed: int = 0,
         class_seed: int | None = None,

@@ -31,7 +31,7 @@ import itertools
 import types
 import typing
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 
@@ -207,6 +207,8 @@ def _values(value: Any, annotation: Any) -> list[Any]:
 
 
 def _is_tuple(annotation: Any) -> bool:
+    if get_origin(annotation) is Annotated:
+        return _is_tuple(get_args(annotation)[0])
     if get_origin(annotation) is tuple:
         return True
     if get_origin(annotation) in (typing.Union, types.UnionType):

@@ -14,13 +14,14 @@ A method owns its network(s) and optimizer and sees data only through these hook
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lifelong.benchmarks.stream import HeadLayout, Task, mask_logits
+from lifelong.params import Positive
 
 
 class Method:
@@ -35,7 +36,7 @@ class Method:
     #: whether the method can predict without a task id (class-incremental scoring)
     task_agnostic: bool = True
 
-    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         self.model = model
         self.lr = lr
         self.seed = seed

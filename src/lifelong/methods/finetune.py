@@ -6,15 +6,18 @@ The lower bound of continual learning: no mechanism against forgetting. Default 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from lifelong.methods.base import Method
 from lifelong.methods.registry import METHODS
+from lifelong.params import Positive
 
 
 @METHODS.register("finetune")
 class Finetune(Method):
     """Plain SGD on the current task only (the forgetting lower bound)."""
 
-    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         super().__init__(model, lr, seed)

@@ -6,18 +6,21 @@ output layer, which for task-incremental streams is their own head.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
 from lifelong.methods.registry import METHODS
+from lifelong.params import Positive
 
 
 @METHODS.register("frozen")
 class Frozen(Method):
     """SGD-F: train everything on task 0, afterwards only the output head."""
 
-    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         super().__init__(model, lr, seed)
 
     def begin_task(self, task: Task) -> None:

@@ -9,6 +9,7 @@ the task id.
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from torch import nn
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
 from lifelong.methods.registry import METHODS
+from lifelong.params import Positive
 
 
 @METHODS.register("independent")
@@ -26,7 +28,11 @@ class Independent(Method):
     task_agnostic = False
 
     def __init__(
-        self, model: nn.Module, lr: float = 0.03, init_from_previous: bool = False, seed: int = 0
+        self,
+        model: nn.Module,
+        lr: Annotated[float, Positive] = 0.03,
+        init_from_previous: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(model, lr, seed)
         self.init_from_previous = init_from_previous

@@ -9,12 +9,15 @@ otherwise training continues from the previous joint model (cheaper, and as good
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
 from lifelong.methods.registry import METHODS
+from lifelong.params import Positive
 
 
 @METHODS.register("joint")
@@ -22,7 +25,11 @@ class Joint(Method):
     """Multitask training on the union of all tasks so far (upper bound)."""
 
     def __init__(
-        self, model: nn.Module, lr: float = 0.03, from_scratch: bool = False, seed: int = 0
+        self,
+        model: nn.Module,
+        lr: Annotated[float, Positive] = 0.03,
+        from_scratch: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__(model, lr, seed)
         self.from_scratch = from_scratch

@@ -6,18 +6,21 @@ model is re-drawn from ``seed + task id``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
 from lifelong.methods.registry import METHODS
+from lifelong.params import Positive
 
 
 @METHODS.register("restart")
 class Restart(Method):
     """SGD-R: re-initialise the whole network before each task after the first."""
 
-    def __init__(self, model: nn.Module, lr: float = 0.03, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         super().__init__(model, lr, seed)
 
     def begin_task(self, task: Task) -> None:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
 from lifelong.models.network import Network
 from lifelong.models.registry import MODELS
+from lifelong.params import AtLeastOne
 
 
 @MODELS.register("conv")
 def conv(
     input_shape: tuple[int, ...],
     n_units: int,
-    channels: tuple[int, ...] = (32, 64),
-    hidden: int = 256,
+    channels: Annotated[tuple[int, ...], AtLeastOne] = (32, 64),
+    hidden: Annotated[int, AtLeastOne] = 256,
     seed: int = 0,
 ) -> Network:
     """Per channel width a 3x3 conv + ReLU + 2x2 max-pool, then one hidden linear layer, then the head."""

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from torch import nn
 
 from lifelong.models.network import Network
 from lifelong.models.registry import MODELS
+from lifelong.params import AtLeastOne, Fraction
 
 
 @MODELS.register("mlp")
 def mlp(
     input_shape: tuple[int, ...],
     n_units: int,
-    hidden: tuple[int, ...] = (100, 100),
-    dropout: float = 0.0,
+    hidden: Annotated[tuple[int, ...], AtLeastOne] = (100, 100),
+    dropout: Annotated[float, Fraction] = 0.0,
     seed: int = 0,
 ) -> Network:
     """Flatten, then Linear+ReLU per hidden width (dropout after each if > 0), then the head."""
