@@ -76,6 +76,15 @@ def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(tmp_path):
     assert resumed.accuracy_matrix.tolist() == reference.accuracy_matrix.tolist()
 
 
+def test_temp_files_of_killed_writes_are_cleaned_up(tmp_path):
+    with pytest.raises(Interrupt):
+        run_in_directory(config(), tmp_path, progress=interrupt_after(2))
+    stale = tmp_path / "checkpoints" / ".task-0001.ckpt.x1y2.part"
+    stale.write_bytes(b"half a checkpoint")
+    run_in_directory(config(), tmp_path)
+    assert not stale.exists()
+
+
 def test_flipped_byte_is_detected(tmp_path):
     run_in_directory(config(), tmp_path)
     path = tmp_path / "checkpoints" / "task-0004.ckpt"

@@ -66,6 +66,8 @@ def run_in_directory(
             "choose another output directory or delete it"
         )
     checkpoints = run_dir / CHECKPOINTS
+    for stale in [*run_dir.glob(".*.part"), *checkpoints.glob(".*.part")]:
+        stale.unlink(missing_ok=True)  # a temp file of a write that a SIGKILL interrupted
     if resume:
         done = finished_result(run_dir)
         if done is not None:
