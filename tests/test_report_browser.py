@@ -18,7 +18,7 @@ os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="mpl-"))
 
 from matplotlib import image  # noqa: E402
 
-from lifelong.experiment import RunConfig, run_experiment  # noqa: E402
+from lifelong.experiments.run_config import RunConfig, run_experiment  # noqa: E402
 from lifelong.report import write_report  # noqa: E402
 
 CHROMIUM = shutil.which("chromium")

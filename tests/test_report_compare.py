@@ -10,7 +10,7 @@ import math
 import pytest
 from test_report_records import write_record
 
-from lifelong.experiment import RunConfig, run_experiment
+from lifelong.experiments.run_config import RunConfig, run_experiment
 from lifelong.report import ReportInputError, aggregate, compare, load_runs
 
 HALF_WIDTH_3 = 4.302653 * 0.1 / math.sqrt(3)  # values 0.5, 0.6, 0.7: sd 0.1, t(0.975, 2)

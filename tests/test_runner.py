@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.experiment import RunConfig
 from lifelong.experiments import RunDirectoryConflict, run_in_directory
 from lifelong.experiments.checkpoint import CorruptCheckpoint, read_checkpoint
+from lifelong.experiments.run_config import RunConfig
 
 SMALL = {"train_per_task": 60}
 

@@ -6,7 +6,7 @@ every task's whole 10k test set. Run with ``make test-slow`` (a few minutes on 2
 
 import pytest
 
-from lifelong.experiment import RunConfig, build_stream, run_experiment
+from lifelong.experiments.run_config import RunConfig, build_stream, run_experiment
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 import json
 
-from lifelong.experiment import RunConfig
+from lifelong.experiments.run_config import RunConfig
 from lifelong.experiments.store import Store, config_from_dict
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from lifelong.benchmarks import BENCHMARKS
 from lifelong.data import DatasetUnavailableError
-from lifelong.experiment import RunConfig, build_stream
 from lifelong.experiments import run_in_directory
+from lifelong.experiments.run_config import RunConfig, build_stream
 from lifelong.loggers import open_loggers, parse_target
 from lifelong.methods import METHODS
 from lifelong.models import MODELS

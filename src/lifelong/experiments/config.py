@@ -36,7 +36,7 @@ from typing import Annotated, Any, get_args, get_origin
 import yaml
 
 from lifelong.benchmarks import BENCHMARKS
-from lifelong.experiment import RunConfig
+from lifelong.experiments.run_config import RunConfig
 from lifelong.methods import METHODS
 from lifelong.models import MODELS
 from lifelong.params import ParamError, Registry

@@ -19,8 +19,8 @@ from typing import Any
 
 from lifelong import engine
 from lifelong.benchmarks import Stream
-from lifelong.experiment import RunConfig, build_method, build_stream, write_result
 from lifelong.experiments.checkpoint import latest_good_checkpoint, restore_rng, save_checkpoint
+from lifelong.experiments.run_config import RunConfig, build_method, build_stream, write_result
 from lifelong.io import atomic_write_json
 from lifelong.progress import task_line
 

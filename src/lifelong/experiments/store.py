@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lifelong.experiment import RunConfig
+from lifelong.experiments.run_config import RunConfig
 from lifelong.experiments.runner import CONFIG, RESULT, read_json
 
 INDEX = "index.sqlite"

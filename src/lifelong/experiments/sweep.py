@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifelong.experiment import RunConfig
+from lifelong.experiments.run_config import RunConfig
 from lifelong.experiments.runner import finished_result, run_in_directory
 from lifelong.experiments.store import Store
 

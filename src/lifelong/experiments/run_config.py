@@ -1,4 +1,4 @@
-"""One experiment from a plain config: build the stream, model and method, run, write results.
+"""One run from a plain config: build the stream, model and method, run, write results.
 
 `RunConfig` is what the CLI (and later config files and sweeps) fill in; `resolved()` expands it
 into the full config with every default written out, which is what ``result.json`` records.
