@@ -7,6 +7,7 @@
     lifelong runs STORE [--rebuild]     the runs of a sweep's store, from its SQLite index
     lifelong compare DIR... [--format text|markdown|csv|json]    mean ± 95% CI over seeds
     lifelong report DIR... -o report.html                        one self-contained HTML page
+    lifelong reproduce NAME [--seeds 0,1,2] [--record]    a paper protocol beside the paper
     lifelong list                       benchmarks, methods and models with their parameters
 """
 
@@ -115,6 +116,19 @@ def build_parser() -> Parser:
     report.add_argument("-o", "--output", type=Path, default=Path("report.html"),
                         help="the HTML file to write (default report.html)")
     report.add_argument("--title", help="the page title")
+
+    reproduce = commands.add_parser(
+        "reproduce", help="run a paper's protocol over several seeds, beside the paper's numbers",
+        description="Run a named paper protocol (a sweep: parallel, resumable) and print ours "
+        "(mean ± std over seeds) next to the paper's numbers, with each goal's verdict.",
+    )
+    reproduce.add_argument("protocol", nargs="?", help="protocol name (see --list)")
+    reproduce.add_argument("--list", action="store_true", help="list the protocols")
+    reproduce.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
+    reproduce.add_argument("--workers", type=int, help="parallel runs (default: the number of cores)")
+    reproduce.add_argument("--out", type=Path, help="store directory (default reproductions/<name>)")
+    reproduce.add_argument("--record", action="store_true",
+                           help="write the result into REPRODUCTIONS.md")
 
     commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
     return parser
@@ -271,6 +285,38 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_reproduce(args: argparse.Namespace) -> int:
+    from lifelong.experiments.sweep import run_sweep
+    from lifelong.reproduce import PROTOCOLS, collect, get_protocol, record_section, summary_table
+
+    if args.list or not args.protocol:
+        for name, protocol in PROTOCOLS.items():
+            print(f"{name:<24} {protocol.paper}")
+        return 0
+    protocol = get_protocol(args.protocol)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(protocol.seeds)
+    except ValueError:
+        raise UsageError(f"--seeds={args.seeds!r} must be comma-separated integers") from None
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers={args.workers} must be at least 1")
+    missing = protocol.missing_methods()
+    if missing:
+        print(f"not in the library yet, skipped: {', '.join(missing)}", file=sys.stderr)
+    runs = protocol.runs(seeds)
+    for config in runs:
+        config.resolved()
+    out = args.out or Path("reproductions") / protocol.name
+    summary = run_sweep(runs, out, workers=args.workers or (os.cpu_count() or 1))
+    table = summary_table(protocol, collect(out, runs))
+    print(f"{protocol.name}: {protocol.paper}\n{protocol.protocol}\n\n{table}")
+    if args.record:
+        command = f"lifelong reproduce {protocol.name} --seeds {','.join(map(str, seeds))}"
+        record_section(Path("REPRODUCTIONS.md"), protocol, seeds, table, command)
+        print("recorded in REPRODUCTIONS.md")
+    return 0 if summary.ok else 1
+
+
 def command_list(args: argparse.Namespace) -> int:
     for title, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("models", MODELS)):
         print(f"{title}:")
@@ -294,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         commands = {"run": command_run, "sweep": command_sweep, "runs": command_runs,
-                    "compare": command_compare, "report": command_report, "list": command_list}
+                    "compare": command_compare, "report": command_report,
+                    "reproduce": command_reproduce, "list": command_list}
         return commands[args.command](args)
     except (UsageError, ParamError, ValueError) as error:  # bad input: one line, exit code 2
         print(f"lifelong: error: {error}", file=sys.stderr)

@@ -1,0 +1,229 @@
+"""Named paper protocols, run over several seeds and set beside the paper's numbers.
+
+    lifelong reproduce --list
+    lifelong reproduce gem-permuted-mnist [--seeds 0,1,2] [--workers 2] [--record]
+
+A `Protocol` is a set of run configs (one per method and seed, through the sweep machinery: runs
+are parallel, resumable and skipped when already done), the numbers the paper reports, and the
+goals a reproduction must meet. ``--record`` writes the protocol's section of ``REPRODUCTIONS.md``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lifelong.experiments.run_config import RunConfig
+from lifelong.experiments.store import Store
+from lifelong.methods import METHODS
+from lifelong.params import ParamError
+
+
+@dataclass(frozen=True)
+class MethodSetting:
+    """One method of a protocol: its name, its parameters and its model's."""
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    model_params: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A check of the reproduction: ``method``'s ``metric`` near ``target``, or above others."""
+
+    text: str
+    check: Callable[[dict[str, dict[str, list[float]]]], bool | None]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    paper: str
+    protocol: str  # the exact protocol, in words
+    benchmark: str
+    benchmark_params: dict[str, Any]
+    methods: tuple[MethodSetting, ...]
+    paper_numbers: dict[str, dict[str, float]]  # method -> metric -> value
+    goals: tuple[Goal, ...]
+    epochs: int = 1
+    batch_size: int = 10
+    model_params: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def runs(self, seeds: Sequence[int]) -> list[RunConfig]:
+        """Run configs of every available method and seed (methods not yet in the library skipped)."""
+        return [
+            RunConfig(benchmark=self.benchmark, method=m.method, benchmark_params=self.benchmark_params,
+                      method_params=m.params, model_params={**self.model_params, **m.model_params},
+                      epochs=self.epochs, batch_size=self.batch_size, seed=seed)
+            for m in self.methods if m.method in METHODS for seed in seeds
+        ]
+
+    def missing_methods(self) -> list[str]:
+        return [m.method for m in self.methods if m.method not in METHODS]
+
+
+def near(method: str, metric: str, target: float, tolerance: float) -> Goal:
+    def check(results: dict[str, dict[str, list[float]]]) -> bool | None:
+        values = results.get(method, {}).get(metric)
+        return None if not values else abs(statistics.mean(values) - target) <= tolerance
+
+    return Goal(f"{method} {metric.upper()} within {tolerance * 100:g} points of {target:.3f}", check)
+
+
+def above(method: str, others: Sequence[str], metric: str = "acc") -> Goal:
+    def check(results: dict[str, dict[str, list[float]]]) -> bool | None:
+        if method not in results:
+            return None
+        mine = statistics.mean(results[method][metric])
+        present = [o for o in others if o in results]
+        return all(mine > statistics.mean(results[o][metric]) for o in present) if present else None
+
+    return Goal(f"{method} {metric.upper()} above {', '.join(others)}", check)
+
+
+MLP_100 = {"hidden": [100, 100]}
+GEM_TEXT = (
+    "GEM paper protocol (Lopez-Paz & Ranzato 2017, Sec. 5; official run_experiments.sh): {bench}, "
+    "20 tasks, 1000 training images per task drawn per task, the whole 10k test set per task, "
+    "1 epoch, batch 10, MLP 784-100-100-10 (ReLU, Xavier), plain SGD, single head. single: lr "
+    "{single}; independent: one 784-5-5-10 network per task (hidden 100/20), each initialised from "
+    "the previous one (--finetune yes), lr {independent}; GEM: lr 0.1, 256 memories per task, "
+    "memory_strength 0.5; A-GEM, ER, OGD with their own defaults. ACC/BWT as in the paper (T-1)."
+)
+
+
+def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float) -> Protocol:
+    return Protocol(
+        name=f"gem-{benchmark}",
+        paper="Lopez-Paz & Ranzato, Gradient Episodic Memory for Continual Learning, NeurIPS 2017",
+        protocol=GEM_TEXT.format(bench=benchmark, single=single_lr, independent=independent_lr),
+        benchmark=benchmark,
+        benchmark_params={"n_tasks": 20, "train_per_task": 1000},
+        model_params=MLP_100,
+        methods=(
+            MethodSetting("finetune", {"lr": single_lr}, note="GEM's 'single'"),
+            MethodSetting("independent", {"lr": independent_lr, "init_from_previous": True},
+                          {"hidden": [5, 5]}),
+            MethodSetting("ewc", {}),
+            MethodSetting("gem", {"lr": 0.1, "n_memories": 256, "memory_strength": 0.5}),
+            MethodSetting("agem", {}),
+            MethodSetting("replay", {}),
+            MethodSetting("ogd", {}),
+        ),
+        paper_numbers={"gem": {"acc": gem_acc, "bwt": 0.0}},
+        goals=(near("gem", "acc", gem_acc, 0.02), above("gem", ["finetune", "ewc", "independent"])),
+        seeds=(0, 1, 2),
+    )
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p for p in (
+        _gem("permuted-mnist", single_lr=0.03, independent_lr=0.03, gem_acc=0.83),
+        _gem("rotated-mnist", single_lr=0.003, independent_lr=0.1, gem_acc=0.86),
+        Protocol(
+            name="agem-permuted-mnist",
+            paper="Chaudhry et al., Efficient Lifelong Learning with A-GEM, ICLR 2019 (and thesis)",
+            protocol=(
+                "A-GEM protocol: permuted MNIST, 20 tasks of the whole training set (60k here; the "
+                "paper's TensorFlow split has 55k), the first 3 kept for hyper-parameter search and the "
+                "other 17 trained and reported (here: 17 tasks of other seeded permutations), 1 epoch, "
+                "batch 10, MLP 784-256-256-10, single head, SGD, 25 memories per class (250 per "
+                "task), reference batch 256; average accuracy over the 17 tasks after the last."
+            ),
+            benchmark="permuted-mnist",
+            benchmark_params={"n_tasks": 17, "train_per_task": None},
+            model_params={"hidden": [256, 256]},
+            methods=(
+                MethodSetting("agem", {"memories_per_class": 25, "reference_batch_size": 256}),
+                MethodSetting("finetune", {}),
+            ),
+            paper_numbers={"agem": {"acc": 0.891}},
+            goals=(near("agem", "acc", 0.891, 0.02),),
+            seeds=(0, 1, 2),
+        ),
+    )
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ParamError(f"protocol={name!r} is unknown; allowed values: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def collect(store_dir: Path, runs: Sequence[RunConfig]) -> dict[str, dict[str, list[float]]]:
+    """method -> metric -> values over seeds, from the finished runs of ``runs`` in the store."""
+    keys = {config.key() for config in runs}
+    results: dict[str, dict[str, list[float]]] = {}
+    for record in Store(store_dir).runs(status="done"):
+        if record.key in keys and record.metrics:
+            per_metric = results.setdefault(record.method, {})
+            for metric, value in record.metrics.items():
+                per_metric.setdefault(metric, []).append(value)
+    return results
+
+
+def summary_table(protocol: Protocol, results: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown: paper vs ours (mean ± std over seeds) for ACC and BWT, then the goals' verdicts."""
+    lines = ["| method | seeds | paper ACC | ours ACC | paper BWT | ours BWT | ours FWT |",
+             "|---|---|---|---|---|---|---|"]
+    for setting in protocol.methods:
+        name = setting.method
+        paper = protocol.paper_numbers.get(name, {})
+        ours = results.get(name)
+        if ours is None:
+            status = "not in the library yet" if name not in METHODS else "no finished run"
+            lines.append(f"| {name} | - | {_fmt(paper.get('acc'))} | ({status}) | "
+                         f"{_fmt(paper.get('bwt'))} | | |")
+            continue
+        lines.append(f"| {name} | {len(ours['acc'])} | {_fmt(paper.get('acc'))} | "
+                     f"{_mean_std(ours['acc'])} | {_fmt(paper.get('bwt'))} | "
+                     f"{_mean_std(ours['bwt'])} | {_mean_std(ours.get('fwt', []))} |")
+    lines.append("")
+    for goal in protocol.goals:
+        verdict = goal.check(results)
+        mark = {True: "PASS", False: "FAIL", None: "NOT RUN"}[verdict]
+        lines.append(f"- Goal: {goal.text}: **{mark}**")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def record_section(path: Path, protocol: Protocol, seeds: Sequence[int], table: str,
+                   command: str) -> None:
+    """Replace (or append) the protocol's section in ``REPRODUCTIONS.md``."""
+    from lifelong.io import atomic_write_text
+
+    heading = f"## {protocol.name}"
+    body = "\n".join([
+        heading, "",
+        f"Paper: {protocol.paper}.", "",
+        f"Protocol: {protocol.protocol}", "",
+        f"Seeds: {', '.join(map(str, seeds))}. Command: `{command}`. "
+        f"Recorded {datetime.date.today().isoformat()}.", "",
+        table, "",
+    ])
+    text = path.read_text() if path.exists() else "# Reproductions\n\n"
+    sections = text.split("\n## ")
+    head, rest = sections[0], ["## " + s for s in sections[1:]]
+    rest = [s for s in rest if not s.startswith(heading + "\n")]
+    rest.append(body)
+    rest.sort(key=lambda s: s.split("\n", 1)[0])
+    atomic_write_text(path, head.rstrip("\n") + "\n\n" + "\n".join(s.rstrip("\n") + "\n" for s in rest))
