@@ -55,22 +55,30 @@ from lifelong.methods.registry import METHODS
 from lifelong.params import AtLeastOne, NonNegative, Positive
 
 
-def project_to_cone(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
-                    eps: float = 1e-3) -> torch.Tensor:
-    """GEM's projection (Eq. 13-14): ``G'v* + g`` with ``v*`` the solution of the dual QP.
+def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
+               eps: float = 1e-3) -> torch.Tensor:
+    """``v*``, the solution of GEM's dual QP (Eq. 13) as the official ``project2cone2`` poses it.
 
-    ``gradient`` is ``g`` (``p``,), ``memories`` is ``G`` (``t, p``), one past task's gradient a row.
-    ``v* = argmin 1/2 v'(GG' + eps I)v + (Gg)'v`` subject to ``v >= margin``; returns a float64
-    vector. Raises ``ValueError`` when ``GG' + eps I`` is singular (``eps=0`` with dependent rows).
+    ``gradient`` is ``g`` (``p``,), ``memories`` is ``G`` (``t, p``), one past task's gradient a row;
+    ``v* = argmin 1/2 v'(GG' + eps I)v + (Gg)'v`` subject to ``v >= margin``, in float64. Raises
+    ``ValueError`` (from quadprog) when ``GG' + eps I`` is not positive definite (``eps=0`` with
+    linearly dependent rows).
     """
-    g = gradient.detach().double().cpu().numpy()
-    rows = memories.detach().double().cpu().numpy()
+    g = gradient.detach().double().cpu()
+    rows = memories.detach().double().cpu()
     t = rows.shape[0]
     gram = rows @ rows.T
-    gram = 0.5 * (gram + gram.T) + eps * np.eye(t)
+    gram = 0.5 * (gram + gram.T) + eps * torch.eye(t, dtype=torch.float64)
     # quadprog minimises 1/2 x'Px - a'x subject to C'x >= b
-    v = quadprog.solve_qp(gram, -(rows @ g), np.eye(t), np.full(t, float(margin)))[0]
-    return torch.from_numpy(v @ rows + g)
+    v = quadprog.solve_qp(gram.numpy(), -(rows @ g).numpy(), np.eye(t), np.full(t, float(margin)))[0]
+    return torch.from_numpy(v)
+
+
+def project_to_cone(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
+                    eps: float = 1e-3) -> torch.Tensor:
+    """GEM's projected gradient (Eq. 14): ``g~ = G'v* + g`` (float64, on the CPU)."""
+    v = solve_dual(gradient, memories, margin, eps)
+    return v @ memories.detach().double().cpu() + gradient.detach().double().cpu()
 
 
 def memory_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
