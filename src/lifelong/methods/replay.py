@@ -67,7 +67,8 @@ class Replay(Method):
             self.sample_masks = None
         else:
             full = torch.ones(task.layout.n_units, dtype=torch.bool)
-            self.sample_masks = torch.stack([full if m is None else m for m in masks])
+            device = next(self.model.parameters()).device
+            self.sample_masks = torch.stack([full if m is None else m for m in masks]).to(device)
 
     def make_buffer(self, task: Task) -> ReservoirBuffer | TaskRingBuffer:
         units = [len(u) for u in task.layout.task_units]
@@ -81,7 +82,7 @@ class Replay(Method):
         if len(self.episodic) > 0:
             xm, ym, tm = self.episodic.sample(self.replay_batch_size or len(y), self.generator)
             xb, yb, tasks = torch.cat([x, xm]), torch.cat([y, ym]), torch.cat([tasks, tm])
-        masks = None if self.sample_masks is None else self.sample_masks.to(y.device)[tasks]
+        masks = None if self.sample_masks is None else self.sample_masks[tasks]
         loss = F.cross_entropy(mask_logits(self.model(xb), masks), yb)
         self.step(loss)
         self.episodic.add(x, y, task_id, self.generator)
