@@ -100,22 +100,24 @@ class ReservoirBuffer:
             return
         if self.storage.x is None:
             self.storage.allocate(self.capacity, x, y)
-        task = _task_tensor(task_id, n, x.device)
-        position = torch.arange(self.seen, self.seen + n, dtype=torch.float64)  # i - 1
+        i = torch.arange(self.seen + 1, self.seen + n + 1, dtype=torch.float64)  # 1-based positions
         draw = torch.rand(n, generator=generator, dtype=torch.float64)
-        slots = torch.where(position < self.capacity, position,
-                            torch.floor(draw * (position + 1))).long()
+        slots = torch.where(i <= self.capacity, i - 1, torch.floor(draw * i)).long()
         self.seen += n
-        keep = slots < self.capacity
-        slots, rows = slots[keep], keep.nonzero().squeeze(1)
-        if len(slots) == 0:
+        rows = (slots < self.capacity).nonzero().squeeze(1)
+        if len(rows) == 0:
             return
-        # the last example drawn for each slot wins
-        unique, inverse = torch.unique(slots, return_inverse=True)
-        last = torch.full((len(unique),), -1, dtype=torch.long)
-        last = last.scatter_reduce(0, inverse, rows, reduce="amax")
-        last = last.to(x.device)
-        self.storage.write(unique.to(x.device), x[last], y[last], task[last])
+        slots = slots[rows]
+        if len(rows) > 1:  # a slot drawn twice keeps the later example: the last of each run
+            order = torch.argsort(slots, stable=True)
+            slots, rows = slots[order], rows[order]
+            last = torch.ones(len(rows), dtype=torch.bool)
+            last[:-1] = slots[1:] != slots[:-1]
+            slots, rows = slots[last], rows[last]
+        device = x.device
+        rows, slots = rows.to(device), slots.to(device)
+        task = _task_tensor(task_id, n, device)[rows] if isinstance(task_id, torch.Tensor) else task_id
+        self.storage.write(slots, x[rows], y[rows], task)
 
     def sample(self, n: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
