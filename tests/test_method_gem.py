@@ -93,7 +93,7 @@ def test_batched_past_gradients_equal_the_per_task_loop(scenario):
     method = _gem(stream, n_memories=25)  # 30 examples per task: the ring wraps, slots differ per task
     _train(method, stream, range(3), batch_size=7)
     method.begin_task(stream[3])
-    batched, loop = method.past_gradients(), method.past_gradients_loop()
+    batched, loop = method.past_gradients_batched(), method.past_gradients_loop()
     assert batched.shape == (3, sum(p.numel() for p in method.model.parameters()))
     np.testing.assert_allclose(batched.numpy(), loop.numpy(), atol=1e-6, rtol=0)
     if scenario == "task":  # masks select each past task's own units, as the official offsets do
@@ -106,8 +106,9 @@ def test_partially_filled_memories_use_only_their_written_slots():
     _train(method, stream, range(2), batch_size=8)
     method.begin_task(stream[2])
     assert [int(method.written[k].sum()) for k in (0, 1)] == [30, 30]
-    np.testing.assert_allclose(method.past_gradients().numpy(), _loop_by_slicing(method, stream).numpy(),
-                               atol=1e-6)
+    expected = _loop_by_slicing(method, stream).numpy()
+    np.testing.assert_allclose(method.past_gradients_batched().numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(method.past_gradients_loop().numpy(), expected, atol=1e-6)
 
 
 def test_the_step_never_increases_a_past_memory_loss_to_first_order():

@@ -35,7 +35,7 @@ The past-task gradients dominate the cost (``t`` forward/backward passes over ``
 examples per step). They are computed in one call, ``torch.func.vmap`` over tasks of the gradient
 of the masked memory loss (``functional_call``): the same arithmetic as a loop of backward passes
 (tests compare to 1e-6), batched into a few large kernels (``benchmarks/gem_speed.py`` measures
-both). Models with batch-norm layers fall back to the loop.
+both). With a single past task, and for models with batch-norm layers, the loop is used.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0
     ``ValueError`` (from quadprog) when ``GG' + eps I`` is not positive definite (``eps=0`` with
     linearly dependent rows).
     """
-    g = gradient.detach().double().cpu()
-    rows = memories.detach().double().cpu()
+    g = gradient.detach().cpu().double()
+    rows = memories.detach().cpu().double()
     t = rows.shape[0]
     gram = rows @ rows.T
     gram = 0.5 * (gram + gram.T) + eps * torch.eye(t, dtype=torch.float64)
@@ -77,8 +77,9 @@ def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0
 def project_to_cone(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
                     eps: float = 1e-3) -> torch.Tensor:
     """GEM's projected gradient (Eq. 14): ``g~ = G'v* + g`` (float64, on the CPU)."""
-    v = solve_dual(gradient, memories, margin, eps)
-    return v @ memories.detach().double().cpu() + gradient.detach().double().cpu()
+    g = gradient.detach().cpu().double()
+    rows = memories.detach().cpu().double()
+    return solve_dual(g, rows, margin, eps) @ rows + g
 
 
 def memory_loss(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
@@ -157,8 +158,12 @@ class GEM(Method):
     # ----------------------------------------------------------------------------- gradients
     def past_gradients(self) -> torch.Tensor:
         """``G``: one row per past task, the gradient of its memory's loss (``t, p``)."""
-        if not self.batched:
+        if not self.batched or len(self.past) == 1:  # one task: nothing to batch, skip vmap's overhead
             return self.past_gradients_loop()
+        return self.past_gradients_batched()
+
+    def past_gradients_batched(self) -> torch.Tensor:
+        """``G`` in one call: ``vmap`` over past tasks of the gradient of the memory loss."""
         params = {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
         buffers = dict(self.model.named_buffers())
 
