@@ -10,6 +10,9 @@ import torch
 from lifelong.benchmarks import build_stream
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The tests train tiny models: one thread is faster for them, and keeps them fast when other work
+# shares the cores (two threads per process on two busy cores slow a tiny step down ~50x).
+torch.set_num_threads(1)
 
 
 def toy_parts(n_tasks: int = 3, classes_per_task: int = 2, disjoint: bool = True, n: int = 120,

@@ -236,6 +236,8 @@ def train_task(
     x, y, ids = method.training_data(task)
     x, y = x.to(device), y.to(device)
     per_sample_ids = isinstance(ids, torch.Tensor)
+    if per_sample_ids:
+        ids = ids.to(device)
     n_batches = -(-len(y) // batch_size)
     report_every = max(1, n_batches // 20)
     if progress:
