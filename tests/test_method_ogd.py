@@ -183,9 +183,9 @@ def test_all_stores_a_direction_per_unit_and_dependent_vectors_are_dropped(toy_t
     assert len(method.basis) == 20  # 10 examples x the task's 2 units
     rows = method.output_gradients(toy_task_stream[0].x_train[:5], toy_task_stream[0].y_train[:5],
                                    method.units(toy_task_stream[0]), 0)
-    new, dropped = orthonormalise(torch.cat([method.basis[:3], 2.0 * method.basis[:2]]), method.basis, 10)
+    new, dropped = orthonormalise(torch.cat([method.basis[:3], 2.0 * method.basis[:2]]), method.blocks, 10)
     assert new.shape == (0, 374) and dropped == 0  # already in the span: nothing new
-    new, dropped = orthonormalise(torch.cat([rows, rows]), torch.zeros(0, 374), 100)
+    new, dropped = orthonormalise(torch.cat([rows, rows]), [], 100)
     assert len(new) == 10 and dropped == 0  # duplicates dropped by their tiny residual
     torch.testing.assert_close(new @ new.T, torch.eye(10), atol=1e-5, rtol=0)
 

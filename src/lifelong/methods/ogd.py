@@ -62,38 +62,51 @@ from lifelong.params import AtLeastOne, Positive
 
 #: a new direction whose Gram-Schmidt residual is below this fraction of its norm is dropped
 RESIDUAL_TOLERANCE = 1e-3
+#: a Gram-Schmidt pass that removed more than this share of a vector's norm is repeated once
+#: (Kahan and Parlett's "twice is enough": after a pass that kept at least 1/sqrt(2) of the norm the
+#: residual is orthogonal to working precision; otherwise one more pass makes it so)
+REORTHOGONALISE = 0.7
 #: output-gradient rows computed (and orthonormalised) per chunk, to bound the memory of ``all``
 ROWS_PER_CHUNK = 256
 
 
-def orthonormalise(vectors: torch.Tensor, basis: torch.Tensor, limit: int,
-                   tolerance: float = RESIDUAL_TOLERANCE) -> tuple[torch.Tensor, int]:
-    """Gram-Schmidt of the rows of ``vectors`` against the orthonormal rows of ``basis``.
+def project_out(rows: torch.Tensor, blocks: list[torch.Tensor]) -> torch.Tensor:
+    """One Gram-Schmidt pass: ``rows`` minus their components along the orthonormal rows of ``blocks``."""
+    for block in blocks:
+        rows = rows - (rows @ block.T) @ block
+    return rows
 
-    Returns ``(new, n_dropped_for_space)``: ``new`` are orthonormal rows, orthogonal to ``basis``,
-    spanning the rows of ``vectors`` outside ``span(basis)``, at most ``limit`` of them. Each
-    projection is done twice ("twice is enough": one classical pass loses orthogonality when the
-    residual is small, two keep it at rounding level). Against the stored basis the passes are
-    matrix products over the whole block; within the block the rows are taken one by one.
+
+def orthonormalise(vectors: torch.Tensor, blocks: list[torch.Tensor], limit: int,
+                   tolerance: float = RESIDUAL_TOLERANCE) -> tuple[torch.Tensor, int]:
+    """Gram-Schmidt of the rows of ``vectors`` against the orthonormal rows of ``blocks``.
+
+    Returns ``(new, n_left_out)``: ``new`` holds orthonormal rows, orthogonal to ``blocks``, spanning
+    the rows of ``vectors`` outside their span, at most ``limit`` of them (``n_left_out`` rows were
+    not reached). Against the stored blocks a pass is two matrix products over all the rows; within
+    ``vectors`` the rows are taken one by one. Rows whose residual is below ``tolerance`` of their
+    norm (zero, or already in the span) are dropped.
     """
     norms = vectors.norm(dim=1)
-    residual = vectors
-    for _ in range(2):
-        if len(basis):
-            residual = residual - (residual @ basis.T) @ basis
-    block = residual.new_empty(min(limit, len(residual)), residual.shape[1])
+    residual = project_out(vectors, blocks)
+    again = residual.norm(dim=1) < REORTHOGONALISE * norms
+    if blocks and bool(again.any()):
+        residual = residual.clone()
+        residual[again] = project_out(residual[again], blocks)
+    new = residual.new_empty(min(limit, len(residual)), residual.shape[1])
     count = 0
     for i, v in enumerate(residual):
         if count == limit:
-            return block, len(residual) - i
-        done = block[:count]
-        for _ in range(2):
-            v = v - done.T @ (done @ v)
-        size = v.norm()
-        if norms[i] > 0 and size > tolerance * norms[i]:
-            block[count] = v / size
+            return new, len(residual) - i
+        done = new[:count]
+        w = v - done.T @ (done @ v)
+        if w.norm() < REORTHOGONALISE * v.norm():
+            w = w - done.T @ (done @ w)
+        size = w.norm()
+        if size > tolerance * norms[i]:
+            new[count] = w / size
             count += 1
-    return block[:count], 0
+    return new[:count].clone(), 0
 
 
 @METHODS.register("ogd")
@@ -113,7 +126,7 @@ class OGD(Method):
         self.memory_per_task = memory_per_task
         self.variant = variant
         self.max_basis = max_basis
-        self.basis: torch.Tensor | None = None  # S: (k, P) orthonormal rows, float32
+        self.blocks: list[torch.Tensor] = []  # S = [S_1; S_2; ...]: (k_i, P) orthonormal rows, float32
         self.generator: torch.Generator | None = None  # draws the examples of each task
         self.chosen: dict[int, torch.Tensor] = {}  # task -> indices of its examples used
         self.dropped = 0  # vectors not stored because the basis was full
@@ -122,9 +135,6 @@ class OGD(Method):
     def begin_task(self, task: Task) -> None:
         super().begin_task(task)
         self.trained = [p for p in self.model.parameters() if p.requires_grad]
-        if self.basis is None:
-            size = sum(p.numel() for p in self.trained)
-            self.basis = torch.zeros(0, size, device=self.trained[0].device)
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(self.seed)
 
@@ -132,7 +142,7 @@ class OGD(Method):
         loss = self.loss(self.model(x, task_id), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if len(self.basis):
+        if self.blocks:
             self.write_gradient(self.project(self.flat_gradient()))
         self.optimizer.step()
         return loss.detach()
@@ -141,7 +151,7 @@ class OGD(Method):
         n = len(task.y_train)
         index = torch.randperm(n, generator=self.generator)[: min(self.memory_per_task, n)]
         self.chosen[task.id] = index
-        device = self.basis.device
+        device = self.trained[0].device
         x, y = task.x_train[index].to(device), task.y_train[index].to(device)
         units = self.units(task)
         per_example = max(1, ROWS_PER_CHUNK // (len(units) if self.variant == "all" else 1))
@@ -151,19 +161,34 @@ class OGD(Method):
             self.extend_basis(rows)
 
     # ----------------------------------------------------------------------------- projection
+    @property
+    def basis(self) -> torch.Tensor:
+        """``S`` as one ``(k, P)`` matrix (a copy; the method keeps it in blocks, see `extend_basis`)."""
+        return torch.cat(self.blocks)
+
+    @property
+    def basis_size(self) -> int:
+        return sum(len(block) for block in self.blocks)
+
     def project(self, g: torch.Tensor) -> torch.Tensor:
         """``g - S'(S g)``: ``g`` without its components along the stored directions (Eq. 7)."""
-        return torch.addmv(g, self.basis.T, self.basis @ g, alpha=-1)
+        for block in self.blocks:
+            g = torch.addmv(g, block.T, block @ g, alpha=-1)
+        return g
 
     def extend_basis(self, rows: torch.Tensor) -> None:
-        """Orthonormalise ``rows`` against ``S`` and append what is new, up to ``max_basis``."""
-        space = self.max_basis - len(self.basis)
+        """Orthonormalise ``rows`` against ``S`` and append what is new, up to ``max_basis`` rows.
+
+        The new rows become a block of their own, so the stored basis is never copied.
+        """
+        space = self.max_basis - self.basis_size
         if space <= 0:
             self.dropped += len(rows)
             return
-        new, dropped = orthonormalise(rows, self.basis, space)
-        self.dropped += dropped
-        self.basis = torch.cat([self.basis, new])
+        new, left_out = orthonormalise(rows, self.blocks, space)
+        self.dropped += left_out
+        if len(new):
+            self.blocks.append(new)
 
     def flat_gradient(self) -> torch.Tensor:
         return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
@@ -180,8 +205,8 @@ class OGD(Method):
         """Output units whose gradients protect ``task`` (the units it trained)."""
         mask = task.train_mask
         if mask is None:
-            return torch.arange(task.layout.n_units, device=self.basis.device)
-        return mask.nonzero().squeeze(1).to(self.basis.device)
+            return torch.arange(task.layout.n_units, device=self.trained[0].device)
+        return mask.nonzero().squeeze(1).to(self.trained[0].device)
 
     def output_gradients(self, x: torch.Tensor, y: torch.Tensor, units: torch.Tensor,
                          task_id: int) -> torch.Tensor:
@@ -242,14 +267,13 @@ class OGD(Method):
     # ----------------------------------------------------------------------------- state
     def to(self, device: torch.device | str) -> OGD:
         super().to(device)
-        if self.basis is not None:
-            self.basis = self.basis.to(device)
+        self.blocks = [block.to(device) for block in self.blocks]
         return self
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "basis": self.basis,
+            "basis": list(self.blocks),
             "generator": None if self.generator is None else self.generator.get_state(),
             "chosen": dict(self.chosen),
             "dropped": self.dropped,
@@ -257,7 +281,7 @@ class OGD(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.basis = state["basis"]
+        self.blocks = list(state["basis"])
         self.generator = None
         if state["generator"] is not None:
             self.generator = torch.Generator()
@@ -266,8 +290,8 @@ class OGD(Method):
         self.dropped = int(state["dropped"])
 
     def memory(self) -> dict[str, int]:
-        basis = self.basis if self.basis is not None else torch.zeros(0)
-        return {**super().memory(), "basis_vectors": len(basis), "basis_bytes": tensor_bytes(basis),
+        return {**super().memory(), "basis_vectors": self.basis_size,
+                "basis_bytes": tensor_bytes(*self.blocks),
                 "basis_capacity": self.max_basis, "basis_dropped": self.dropped}
 
     def __repr__(self) -> str:
