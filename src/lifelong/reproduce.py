@@ -141,7 +141,6 @@ PROTOCOLS: dict[str, Protocol] = {
             model_params={"hidden": [256, 256]},
             methods=(
                 MethodSetting("agem", {"memories_per_class": 25, "reference_batch_size": 256}),
-                MethodSetting("finetune", {}),
             ),
             paper_numbers={"agem": {"acc": 0.891}},
             goals=(near("agem", "acc", 0.891, 0.02),),
