@@ -7,21 +7,23 @@ task, 1 epoch, batch size 10, MLP 784-100-100-10). Every ``observe`` call (one t
 memory update, past-task / reference gradients, current gradient, projection, SGD step) is timed;
 the table gives seconds per step while task ``t`` trains, i.e. with ``t`` past tasks.
 
-Work per step, counted in multiply-adds of the three linear layers (784*100 + 100*100 + 100*10 =
-89,400 per example), x2 for FLOPs, x3 for forward + backward: 536,400 FLOPs per example, on the
-batch and on every memory example the step uses (GEM: ``256 t``; A-GEM: ``min(256, memory)``). The
-first layer's input gradient is never needed, so the kernels actually run ~0.71x that count. GEM's
-QP, when a constraint is violated, adds the float64 Gram matrix and products (``2 t^2 p + 4 t p``,
-``p`` = 89,610 parameters), shown separately. "GFLOP/s" is the counted FLOPs over the median step
-time; "peak" is the best of several large float32 matrix products (``torch.mm``, 2048^3) on this
-machine with the same threads.
+Work per step: the MLP on the batch and on every memory example the step uses (GEM: ``256 t``;
+A-GEM: ``min(256, memory)``). "Counted" FLOPs follow the usual convention, 3 x 2 x the
+multiply-adds of the three linear layers (784*100 + 100*100 + 100*10 = 89,400 per example);
+"executed" FLOPs leave out the first layer's input gradient, which is never computed (forward,
+every weight gradient, the input gradients of layers 2 and 3: 379,600 per example, 0.71x). GFLOP/s
+are executed FLOPs over the median and over the fastest step (the fastest is the estimate least
+disturbed by other processes on a shared machine). GEM's QP, when a constraint is violated, adds a
+float64 Gram matrix and products (``2 t^2 p + 4 t p``, ``p`` = 89,610 parameters), shown apart.
+"Peak" is the best of ten float32 ``torch.mm`` of 2048x2048 matrices with the same threads.
 
-Also timed at the state the GEM run ends in: GEM's past-task gradients computed by the method
-(``torch.func.vmap`` over tasks) against the naive loop of one backward pass per past task (the
-official code's), with their largest difference.
+Also timed, at the state the GEM run ends in and for each thread count of ``--compare-threads``:
+GEM's past-task gradients computed by the method (``torch.func.vmap`` over tasks) against the
+naive loop of one backward pass per past task (the official code's), alternating, with their
+largest difference.
 
-    python benchmarks/gem_speed.py             # print the tables
-    python benchmarks/gem_speed.py --record    # also write this section of benchmarks/RESULTS.md
+    python benchmarks/gem_speed.py                        # print the tables
+    python benchmarks/gem_speed.py --threads 1 --record   # also write this section of RESULTS.md
 """
 
 from __future__ import annotations
@@ -66,9 +68,16 @@ def n_parameters(sizes: list[int]) -> int:
     return sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
 
 
-def step_flops(examples: int, macs: int) -> float:
-    """Forward + backward FLOPs of the MLP on ``examples`` examples (3 x 2 x multiply-adds)."""
-    return 3 * 2 * macs * examples
+def counted_flops(examples: int, sizes: list[int]) -> float:
+    """Forward + backward FLOPs by the usual convention: 3 x 2 x multiply-adds per example."""
+    return 3 * 2 * macs_per_example(sizes) * examples
+
+
+def executed_flops(examples: int, sizes: list[int]) -> float:
+    """FLOPs the step runs: forward and weight gradients of every layer, input gradients of all
+    layers but the first (the input needs none)."""
+    macs = macs_per_example(sizes)
+    return 2 * (macs + macs + macs - sizes[0] * sizes[1]) * examples
 
 
 def qp_flops(t: int, p: int) -> float:
@@ -109,7 +118,7 @@ def busy_cpu_seconds() -> tuple[float, float]:
     return machine, own.user + own.system
 
 
-def peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     """Best float32 GFLOP/s of ``torch.mm`` on two ``n x n`` matrices."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
@@ -191,31 +200,48 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def step_rows(name: str, timers: Timers, method, macs: int, p: int, peak: float) -> list[list[str]]:
+def step_rows(name: str, timers: Timers, method, sizes: list[int], peak: float) -> list[list[str]]:
     rows = []
+    p = n_parameters(sizes)
     for t in SHOWN:
         steps = timers.step[t]
-        median = statistics.median(steps)
+        median, fastest = statistics.median(steps), min(steps)
         examples = step_examples(method, t)
-        flops = step_flops(examples, macs)
-        qp_share, qp_cost = "-", "-"
+        executed = executed_flops(examples, sizes)
+        past = qp_ms = qp_share = qp_cost = "-"
         if name == "gem" and t > 0:
+            past = f"{statistics.median(timers.past[t]) * 1e3:.2f}"
             qp_share = f"{len(timers.qp[t]) / len(steps):.0%}"
             qp_cost = f"{qp_flops(t, p) / 1e6:.1f}"
-        past = f"{statistics.median(timers.past[t]) * 1e3:.2f}" if name == "gem" and t > 0 else "-"
-        qp_ms = f"{statistics.median(timers.qp[t]) * 1e3:.2f}" if name == "gem" and timers.qp[t] else "-"
-        gflops = flops / median / 1e9
-        rows.append([name, str(t), str(examples), f"{median * 1e3:.2f}", f"{min(steps) * 1e3:.2f}",
-                     past, qp_ms, qp_share, f"{flops / 1e6:.1f}", qp_cost, f"{gflops:.1f}",
-                     f"{gflops / peak:.0%}"])
+            if timers.qp[t]:
+                qp_ms = f"{statistics.median(timers.qp[t]) * 1e3:.2f}"
+        rows.append([name, str(t), str(examples), f"{counted_flops(examples, sizes) / 1e6:.1f}",
+                     f"{executed / 1e6:.1f}", f"{median * 1e3:.2f}", f"{fastest * 1e3:.2f}",
+                     f"{executed / median / 1e9:.1f}", f"{executed / fastest / 1e9:.1f}",
+                     f"{executed / fastest / 1e9 / peak:.0%}", past, qp_ms, qp_share, qp_cost])
     return rows
 
 
-STEP_HEADER = ["method", "past tasks t", "examples / step", "step ms (median)", "step ms (min)",
-               "past grads ms", "QP ms", "steps with QP", "MFLOP / step", "QP MFLOP (fp64)", "GFLOP/s",
-               "of peak"]
-COMPARE_HEADER = ["past tasks t", "loop ms (median)", "batched ms (median)", "loop ms (min)",
-                  "batched ms (min)", "speed-up (median)", "GFLOP/s batched", "max abs difference"]
+def compare_rows(threads: int, comparisons, sizes: list[int], peak: float) -> list[list[str]]:
+    rows = []
+    for t, times, difference in comparisons:
+        (loop_median, loop_min), (batched_median, batched_min) = times["loop"], times["batched"]
+        executed = executed_flops(256 * t, sizes)
+        rows.append([str(threads), str(t), f"{loop_median * 1e3:.2f}", f"{batched_median * 1e3:.2f}",
+                     f"{loop_min * 1e3:.2f}", f"{batched_min * 1e3:.2f}",
+                     f"{loop_median / batched_median:.2f}x", f"{loop_min / batched_min:.2f}x",
+                     f"{executed / batched_min / 1e9:.1f}", f"{executed / batched_min / 1e9 / peak:.0%}",
+                     f"{difference:.1e}"])
+    return rows
+
+
+STEP_HEADER = ["method", "past tasks t", "examples / step", "MFLOP counted", "MFLOP executed",
+               "step ms (median)", "step ms (min)", "GFLOP/s (median)", "GFLOP/s (min step)",
+               "of peak (min step)", "past grads ms (median)", "QP ms (median)", "steps with QP",
+               "QP MFLOP (fp64)"]
+COMPARE_HEADER = ["threads", "past tasks t", "loop ms (median)", "batched ms (median)", "loop ms (min)",
+                  "batched ms (min)", "speed-up (median)", "speed-up (min)", "GFLOP/s batched (min)",
+                  "of peak", "max abs difference"]
 
 
 def record(text: str) -> None:
@@ -231,91 +257,92 @@ def record(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=10, help="timings of each past-gradient variant")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the timed runs (default: torch's)")
+    parser.add_argument("--compare-threads", default="1,2",
+                        help="thread counts of the batched-vs-loop comparison (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=20, help="timings of each past-gradient variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", action="store_true", help=f"write this section of {RESULTS.name}")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    compare_threads = [int(n) for n in args.compare_threads.split(",") if n.strip()]
     stream = make_stream("permuted-mnist", n_tasks=N_TASKS, train_per_task=TRAIN_PER_TASK, seed=args.seed)
     sizes = layer_sizes(stream)
-    macs, p = macs_per_example(sizes), n_parameters(sizes)
     print(f"{stream.name}: {stream.n_tasks} tasks x {len(stream[0].y_train)} images; MLP "
-          f"{'-'.join(map(str, sizes))} ({p} parameters); torch {torch.__version__}, {threads} threads, "
-          f"{os.cpu_count()} cores ({cpu_model()})", flush=True)
+          f"{'-'.join(map(str, sizes))} ({n_parameters(sizes)} parameters); torch {torch.__version__}, "
+          f"{threads} threads, {os.cpu_count()} cores ({cpu_model()})", flush=True)
 
-    peak = peak_gflops()
-    print(f"peak: {peak:.1f} GFLOP/s (float32 torch.mm 2048^3)", flush=True)
     machine_before, own_before = busy_cpu_seconds()
     wall_before = time.perf_counter()
+    peaks = {}
+    for n in sorted({threads, *compare_threads}):
+        torch.set_num_threads(n)
+        peaks[n] = peak_gflops()
+        print(f"peak, {n} threads: {peaks[n]:.1f} GFLOP/s (float32 torch.mm 2048^3)", flush=True)
+    torch.set_num_threads(threads)
     runs = {}
     for name in ("gem", "agem"):
         result, timers, method = timed_run(name, stream, args.seed)
         runs[name] = (result, timers, method)
-        metrics = result.metrics
-        print(f"{name}: ACC {metrics['acc']:.3f} BWT {metrics['bwt']:+.3f}; training "
+        print(f"{name}: ACC {result.metrics['acc']:.3f} BWT {result.metrics['bwt']:+.3f}; training "
               f"{sum(result.train_seconds):.1f} s", flush=True)
-    comparisons = []
-    for t in COMPARED:
-        (times, difference) = compare_past_gradients(runs["gem"][2], stream, t, args.repeats)
-        comparisons.append((t, times, difference))
-        print(f"past gradients, t={t}: loop {times['loop'][0] * 1e3:.1f} ms, batched "
-              f"{times['batched'][0] * 1e3:.1f} ms (medians), max |difference| {difference:.1e}", flush=True)
+    comparison_rows = []
+    for n in compare_threads:
+        torch.set_num_threads(n)
+        comparisons = []
+        for t in COMPARED:
+            times, difference = compare_past_gradients(runs["gem"][2], stream, t, args.repeats)
+            comparisons.append((t, times, difference))
+            print(f"past gradients, {n} threads, t={t}: loop {times['loop'][0] * 1e3:.1f} ms, batched "
+                  f"{times['batched'][0] * 1e3:.1f} ms (medians), max |difference| {difference:.1e}",
+                  flush=True)
+        comparison_rows += compare_rows(n, comparisons, sizes, peaks[n])
+    torch.set_num_threads(threads)
     machine_after, own_after = busy_cpu_seconds()
     wall = time.perf_counter() - wall_before
     others = max(0.0, (machine_after - machine_before) - (own_after - own_before))
 
     rows = [row for name, (_, timers, method) in runs.items()
-            for row in step_rows(name, timers, method, macs, p, peak)]
-    compare_rows = []
-    for t, times, difference in comparisons:
-        loop_median, loop_min = times["loop"]
-        batched_median, batched_min = times["batched"]
-        flops = step_flops(256 * t, macs)
-        compare_rows.append([str(t), f"{loop_median * 1e3:.2f}", f"{batched_median * 1e3:.2f}",
-                             f"{loop_min * 1e3:.2f}", f"{batched_min * 1e3:.2f}",
-                             f"{loop_median / batched_median:.2f}x", f"{flops / batched_median / 1e9:.1f}",
-                             f"{difference:.1e}"])
+            for row in step_rows(name, timers, method, sizes, peaks[threads])]
     accuracy = "; ".join(f"{name} ACC {result.metrics['acc']:.3f}, BWT {result.metrics['bwt']:+.3f}, "
                          f"training {sum(result.train_seconds):.1f} s"
                          for name, (result, _, _) in runs.items())
     noise = (f"other processes used {others:.1f} CPU seconds during the {wall:.0f} s of timed work "
              f"({others / wall:.2f} of a core on average)")
-    steps_table, compare_table = markdown(STEP_HEADER, rows), markdown(COMPARE_HEADER, compare_rows)
-    print()
-    print(steps_table)
-    print()
-    print(compare_table)
-    print(f"\n{accuracy}\nnoise: {noise}")
+    steps_table, compare_table = markdown(STEP_HEADER, rows), markdown(COMPARE_HEADER, comparison_rows)
+    peak_text = ", ".join(f"{peaks[n]:.1f} GFLOP/s with {n} thread{'s' if n > 1 else ''}" for n in peaks)
+    print(f"\n{steps_table}\n\n{compare_table}\n\n{accuracy}\nnoise: {noise}")
 
     if args.record:
         command = " ".join(["python", "benchmarks/gem_speed.py", *sys.argv[1:]])
         record(f"""{SECTION}
 
 Date: {datetime.date.today().isoformat()}. Machine: {os.cpu_count()} cores, {cpu_model()};
-torch {torch.__version__}, {threads} intra-op threads; Python {platform.python_version()}.
-Peak: {peak:.1f} GFLOP/s (best float32 `torch.mm` of two 2048x2048 matrices, same threads).
+torch {torch.__version__}; Python {platform.python_version()}. Timed runs with {threads} intra-op
+thread{'s' if threads > 1 else ''}. Peak (best float32 `torch.mm` of two 2048x2048 matrices): {peak_text}.
 
 Command: `{command}`
 
 `gem` and `agem` with the official defaults (GEM: lr 0.1, 256 memories per task, memory strength
 0.5, eps 1e-3; A-GEM: lr 0.1, 25 memories per class, reference batch 256) on GEM's permuted MNIST
 ({N_TASKS} tasks, {TRAIN_PER_TASK} training images per task, 1 epoch, batch {BATCH_SIZE}, MLP
-{'-'.join(map(str, sizes))}), through `lifelong.engine.run`. A step is one `observe` call
-(memory update, past-task or reference gradients, minibatch gradient, projection, SGD step);
-times are over the {TRAIN_PER_TASK // BATCH_SIZE} steps of the task trained with `t` past tasks. FLOPs are
-counted as 3 x 2 x multiply-adds of the three linear layers ({macs:,} per example) on every example a step
-uses; the first layer's input gradient is never computed, so the kernels run ~0.71x the count.
-The QP (float64 Gram matrix and products, {p:,} parameters) runs only on steps with a violated
-constraint; its FLOPs are not in "MFLOP / step" nor in "GFLOP/s".
+{'-'.join(map(str, sizes))}) through `lifelong.engine.run`. A step is one `observe` call (memory
+update, past-task or reference gradients, minibatch gradient, projection, SGD step); times are
+over the {TRAIN_PER_TASK // BATCH_SIZE} steps of the task trained with `t` past tasks. "MFLOP counted" is
+3 x 2 x the multiply-adds of the three linear layers ({macs_per_example(sizes):,} per example) on
+every example the step uses; "executed" leaves out the first layer's input gradient, which is
+never computed (0.71x); GFLOP/s and "of peak" use executed FLOPs. The QP (float64 Gram matrix and
+products over {n_parameters(sizes):,} parameters) runs only on steps with a violated constraint;
+its FLOPs are not in the GFLOP/s.
 
 {steps_table}
 
-GEM's past-task gradients at the state the GEM run ends in, the method's `torch.func.vmap` over
+GEM's past-task gradients at the state the GEM run ends in: the method's `torch.func.vmap` over
 tasks ("batched") against one backward pass per past task ("loop", as the official code),
-alternating, {args.repeats} timings each:
+alternating, {args.repeats} timings each, per thread count:
 
 {compare_table}
 
