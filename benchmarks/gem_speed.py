@@ -235,6 +235,27 @@ def compare_rows(threads: int, comparisons, sizes: list[int], peak: float) -> li
     return rows
 
 
+def summary(runs, sizes: list[int], peak: float, comparison_rows: list[list[str]]) -> str:
+    """Two sentences reading the tables: GEM's cost at the last task, A-GEM's, batched vs loop."""
+    last = SHOWN[-1]
+    _, gem_timers, gem = runs["gem"]
+    _, agem_timers, agem = runs["agem"]
+    step = min(gem_timers.step[last])
+    executed = executed_flops(step_examples(gem, last), sizes)
+    past = statistics.median(gem_timers.past[last]) / statistics.median(gem_timers.step[last])
+    qp = sum(gem_timers.qp[last]) / sum(gem_timers.step[last])
+    agem_step = min(agem_timers.step[last])
+    speedups = ", ".join(f"{row[7]} with {row[0]} thread{'s' if row[0] != '1' else ''}"
+                         for row in comparison_rows if row[1] == str(COMPARED[-1]))
+    rate = executed / step / 1e9
+    return (f"Reading: with t={last} past tasks a GEM step runs {executed / 1e6:.0f} MFLOP in "
+            f"{step * 1e3:.1f} ms at best ({rate:.1f} GFLOP/s, {rate / peak:.0%} of the peak); the "
+            f"past-task gradients take {past:.0%} of the median step and the QP {qp:.0%} of the task's "
+            f"training time. A-GEM's step stays near {agem_step * 1e3:.1f} ms whatever t "
+            f"({step / agem_step:.0f}x cheaper than GEM's at t={last}). Batched against looped past "
+            f"gradients at t={COMPARED[-1]} (min over min): {speedups}.")
+
+
 STEP_HEADER = ["method", "past tasks t", "examples / step", "MFLOP counted", "MFLOP executed",
                "step ms (median)", "step ms (min)", "GFLOP/s (median)", "GFLOP/s (min step)",
                "of peak (min step)", "past grads ms (median)", "QP ms (median)", "steps with QP",
@@ -313,8 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     noise = (f"other processes used {others:.1f} CPU seconds during the {wall:.0f} s of timed work "
              f"({others / wall:.2f} of a core on average)")
     steps_table, compare_table = markdown(STEP_HEADER, rows), markdown(COMPARE_HEADER, comparison_rows)
+    reading = summary(runs, sizes, peaks[threads], comparison_rows)
     peak_text = ", ".join(f"{peaks[n]:.1f} GFLOP/s with {n} thread{'s' if n > 1 else ''}" for n in peaks)
-    print(f"\n{steps_table}\n\n{compare_table}\n\n{accuracy}\nnoise: {noise}")
+    print(f"\n{steps_table}\n\n{compare_table}\n\n{reading}\n\n{accuracy}\nnoise: {noise}")
 
     if args.record:
         command = " ".join(["python", "benchmarks/gem_speed.py", *sys.argv[1:]])
@@ -345,6 +367,12 @@ tasks ("batched") against one backward pass per past task ("loop", as the offici
 alternating, {args.repeats} timings each, per thread count:
 
 {compare_table}
+
+{reading}
+
+When other processes are busy (see "Noise"), timings with 2 threads on 2 cores suffer most: each
+parallel kernel waits for its descheduled thread (docs/design.md, "Threads"), hence the slow
+2-thread medians; the minima are the better estimate of an idle machine.
 
 Results of the timed runs: {accuracy}.
 
