@@ -171,6 +171,8 @@ class OGD(Method):
     @property
     def basis(self) -> torch.Tensor:
         """``S`` as one ``(k, P)`` matrix (a copy; the method keeps it in blocks, see `extend_basis`)."""
+        if not self.blocks:
+            return torch.zeros(0, sum(p.numel() for p in self.model.parameters() if p.requires_grad))
         return torch.cat(self.blocks)
 
     @property
@@ -178,7 +180,7 @@ class OGD(Method):
         return sum(len(block) for block in self.blocks)
 
     def project(self, g: torch.Tensor) -> torch.Tensor:
-        """``g - S'(S g)``: ``g`` without its components along the stored directions (Eq. 7)."""
+        """``g - S'(S g)``: ``g`` without its components along the stored directions."""
         for block in self.blocks:
             g = torch.addmv(g, block.T, block @ g, alpha=-1)
         return g
