@@ -1,14 +1,14 @@
 """A-GEM: Averaged GEM (Chaudhry, Ranzato, Rohrbach & Elhoseiny, ICLR 2019), as in the official code.
 
 GEM's one constraint per past task becomes one constraint on the average loss over the episodic
-memory of all past tasks (Eq. 10): at each step of task ``t``,
+memory of all past tasks: at each step of task ``t``,
 
 - a reference gradient ``g_ref`` is computed on a random batch of ``reference_batch_size`` examples
   drawn without replacement from the memories of tasks ``0..t-1`` (the whole memory while it holds
   no more than that), each example scored over its own task's units in task-incremental streams
   (``layout.replay_mask``; the official split-benchmark loss), over the units seen so far in
   class-incremental ones, over all units in domain-incremental ones;
-- the minibatch gradient ``g`` is projected when it would increase that loss (Eq. 11)::
+- the minibatch gradient ``g`` is projected when it would increase that loss (to first order)::
 
       g~ = g - (g'g_ref / g_ref'g_ref) g_ref    if g'g_ref < 0,   else g~ = g
 
@@ -42,7 +42,7 @@ from lifelong.params import AtLeastOne, Positive
 
 
 def project_away(gradient: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """A-GEM's projection (Eq. 11): ``g - (g.r / r.r) r`` when ``g.r < 0``, else ``g`` unchanged."""
+    """A-GEM's projection: ``g - (g.r / r.r) r`` when ``g.r < 0``, else ``g`` unchanged."""
     dot = gradient @ reference
     if dot >= 0:
         return gradient

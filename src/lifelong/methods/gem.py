@@ -7,14 +7,16 @@ step, on the minibatch of the current task ``t``:
   (task-incremental streams: each memory example scored over its own task's units, as the official
   code's output offsets; class-incremental: over every unit seen so far; domain: all units);
 - the gradient ``g`` of the current minibatch's loss;
-- if some ``<g, g_k> < 0`` (Eq. 10 violated), ``g`` is replaced by the projection ``g~`` of Eq. 11,
-  found through the dual QP of Eq. 13-14 (``G`` = rows ``g_k``)::
+- if some ``<g, g_k> < 0`` (the step would increase task ``k``'s memory loss to first order), ``g``
+  is replaced by the closest gradient ``g~`` (in squared norm) with every ``<g~, g_k> >= 0``, found
+  through the paper's dual QP (``G`` = rows ``g_k``)::
 
       min_v 1/2 v'(GG' + eps I)v + (Gg)'v   s.t.  v >= memory_strength,      g~ = G'v* + g
 
-  solved with ``quadprog`` in float64 exactly as the official ``project2cone2``: the paper's
-  ``v >= 0`` with its margin ``gamma`` (Sec. 3, "memory strength") written as the lower bound
-  ``v >= gamma``, and ``eps = 1e-3`` on the diagonal;
+  solved with ``quadprog`` in float64 exactly as the official ``project2cone2``: the paper's dual
+  has ``v >= 0`` and adds a small margin ``gamma >= 0`` to ``v*`` ("memory strength"), which the
+  code poses as the lower bound ``v >= gamma``; ``eps = 1e-3`` on the diagonal keeps ``GG'``
+  positive definite;
 - one SGD step along ``g~``.
 
 Details matched to the official ``model/gem.py`` and ``run_experiments.sh``:
@@ -57,7 +59,7 @@ from lifelong.params import AtLeastOne, NonNegative, Positive
 
 def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
                eps: float = 1e-3) -> torch.Tensor:
-    """``v*``, the solution of GEM's dual QP (Eq. 13) as the official ``project2cone2`` poses it.
+    """``v*``, the solution of GEM's dual QP as the official ``project2cone2`` poses it.
 
     ``gradient`` is ``g`` (``p``,), ``memories`` is ``G`` (``t, p``), one past task's gradient a row;
     ``v* = argmin 1/2 v'(GG' + eps I)v + (Gg)'v`` subject to ``v >= margin``, in float64. Raises
@@ -76,7 +78,7 @@ def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0
 
 def project_to_cone(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0.5,
                     eps: float = 1e-3) -> torch.Tensor:
-    """GEM's projected gradient (Eq. 14): ``g~ = G'v* + g`` (float64, on the CPU)."""
+    """GEM's projected gradient ``g~ = G'v* + g`` (float64, on the CPU)."""
     g = gradient.detach().cpu().double()
     rows = memories.detach().cpu().double()
     return solve_dual(g, rows, margin, eps) @ rows + g
