@@ -70,6 +70,18 @@ def test_several_constraints_satisfy_the_kkt_conditions(margin):
     assert np.all(G @ projected >= -eps * v - 1e-7)
 
 
+def test_dependent_constraints_need_eps():
+    g = torch.tensor([-1.0, -2.0])
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # three gradients in a plane: GG' singular
+    with pytest.raises(ValueError, match="use eps > 0"):
+        solve_dual(g, rows, margin=0.0, eps=0.0)
+    v = solve_dual(g, rows, margin=0.0, eps=1e-3)
+    projected = project_to_cone(g, rows, margin=0.0, eps=1e-3)
+    assert torch.all(v >= 0)
+    assert torch.all(rows.double() @ projected >= -1e-3 * v - 1e-9)
+    np.testing.assert_allclose(projected.numpy(), [0.0, 0.0], atol=1e-2)  # the cone's closest point
+
+
 # ----------------------------------------------------------------------------- past gradients
 def _loop_by_slicing(method, stream):
     """The official code's computation: per past task, CE over its own units' logits (sliced)."""

@@ -63,16 +63,19 @@ def solve_dual(gradient: torch.Tensor, memories: torch.Tensor, margin: float = 0
 
     ``gradient`` is ``g`` (``p``,), ``memories`` is ``G`` (``t, p``), one past task's gradient a row;
     ``v* = argmin 1/2 v'(GG' + eps I)v + (Gg)'v`` subject to ``v >= margin``, in float64. Raises
-    ``ValueError`` (from quadprog) when ``GG' + eps I`` is not positive definite (``eps=0`` with
-    linearly dependent rows).
+    ``ValueError`` when ``GG' + eps I`` is not positive definite (``eps=0`` with linearly dependent
+    rows).
     """
     g = gradient.detach().cpu().double()
     rows = memories.detach().cpu().double()
     t = rows.shape[0]
     gram = rows @ rows.T
     gram = 0.5 * (gram + gram.T) + eps * torch.eye(t, dtype=torch.float64)
-    # quadprog minimises 1/2 x'Px - a'x subject to C'x >= b
-    v = quadprog.solve_qp(gram.numpy(), -(rows @ g).numpy(), np.eye(t), np.full(t, float(margin)))[0]
+    try:  # quadprog minimises 1/2 x'Px - a'x subject to C'x >= b
+        v = quadprog.solve_qp(gram.numpy(), -(rows @ g).numpy(), np.eye(t), np.full(t, float(margin)))[0]
+    except ValueError as error:
+        raise ValueError(f"GEM's QP could not be solved ({error}) with eps={eps}; past-task gradients "
+                         "can be linearly dependent, use eps > 0 (the official 1e-3)") from error
     return torch.from_numpy(v)
 
 
