@@ -1,5 +1,5 @@
 # Set-up and entry points. Everything runs in a local virtual environment created on first use.
-#   make demo    the main job: `lifelong run` (every method on permuted MNIST, GEM protocol)
+#   make demo    the main job: `lifelong run` (the baselines on permuted MNIST, GEM protocol)
 #   make test    the test suite (fast tests; `make test-slow` adds the slow reproduction tests)
 #
 # torch is pinned through one variable and installed first; every later install runs under a
