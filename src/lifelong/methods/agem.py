@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.benchmarks.stream import Task, mask_logits
-from lifelong.methods.base import Method, tensor_bytes
+from lifelong.methods.base import Method, flat_gradient, tensor_bytes, write_flat_gradient
 from lifelong.methods.registry import METHODS
 from lifelong.params import AtLeastOne, Positive
 
@@ -106,10 +106,10 @@ class AGEM(Method):
         loss = self.loss(self.model(x), y)
         loss.backward()
         if reference is not None:
-            g = torch.cat([p.grad.reshape(-1) for p in self.trained])
+            g = flat_gradient(self.trained)
             projected = project_away(g, reference)
             if projected is not g:
-                self.write_gradient(projected)
+                write_flat_gradient(self.trained, projected)
         self.optimizer.step()
         self.remember(x, y, task_id)
         return loss.detach()
@@ -150,11 +150,6 @@ class AGEM(Method):
         self.written[task_id][slots] = True
         self.class_count = (self.class_count + in_batch) % m
 
-    def write_gradient(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for p in self.trained:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

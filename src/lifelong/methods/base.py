@@ -124,3 +124,16 @@ class Method:
 
 def tensor_bytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def flat_gradient(parameters: list[torch.Tensor]) -> torch.Tensor:
+    """The gradients of ``parameters`` as one vector (zeros where a parameter has none)."""
+    return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in parameters])
+
+
+def write_flat_gradient(parameters: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Set each parameter's gradient to its slice of ``flat`` (the inverse of `flat_gradient`)."""
+    offset = 0
+    for p in parameters:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype, copy=True)
+        offset += p.numel()

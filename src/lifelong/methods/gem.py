@@ -52,7 +52,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from lifelong.benchmarks.stream import MASK_FILL, Task
-from lifelong.methods.base import Method, tensor_bytes
+from lifelong.methods.base import Method, flat_gradient, tensor_bytes, write_flat_gradient
 from lifelong.methods.registry import METHODS
 from lifelong.params import AtLeastOne, NonNegative, Positive
 
@@ -144,9 +144,9 @@ class GEM(Method):
         loss = self.loss(self.model(x), y)
         loss.backward()
         if past is not None:
-            g = torch.cat([p.grad.reshape(-1) for p in self.trained])
+            g = flat_gradient(self.trained)
             if bool((past @ g < 0).any()):
-                self.write_gradient(project_to_cone(g, past, self.memory_strength, self.eps))
+                write_flat_gradient(self.trained, project_to_cone(g, past, self.memory_strength, self.eps))
         self.optimizer.step()
         return loss.detach()
 
@@ -192,11 +192,6 @@ class GEM(Method):
                                    for p, g in zip(self.trained, grads, strict=True)]))
         return torch.stack(rows)
 
-    def write_gradient(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for p in self.trained:
-            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
 
     # ----------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

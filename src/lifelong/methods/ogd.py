@@ -63,7 +63,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
 from lifelong.benchmarks.stream import Task
-from lifelong.methods.base import Method, tensor_bytes
+from lifelong.methods.base import Method, flat_gradient, tensor_bytes, write_flat_gradient
 from lifelong.methods.registry import METHODS
 from lifelong.params import AtLeastOne, Positive
 
@@ -150,7 +150,7 @@ class OGD(Method):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.blocks:
-            self.write_gradient(self.project(self.flat_gradient()))
+            write_flat_gradient(self.trained, self.project(flat_gradient(self.trained)))
         self.optimizer.step()
         return loss.detach()
 
@@ -199,15 +199,7 @@ class OGD(Method):
         if len(new):
             self.blocks.append(new)
 
-    def flat_gradient(self) -> torch.Tensor:
-        return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1)
-                          for p in self.trained])
 
-    def write_gradient(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for p in self.trained:
-            p.grad = flat[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
 
     # ----------------------------------------------------------------------------- output gradients
     def units(self, task: Task) -> torch.Tensor:
