@@ -1,6 +1,7 @@
-"""Task streams built on real data: permuted / rotated / split MNIST, split Fashion-MNIST, digits."""
+"""Task streams built on real data: permuted / rotated / split MNIST, split Fashion-MNIST, digits,
+and the mixture of MNIST, Fashion-MNIST and digits (one task per dataset)."""
 
-from lifelong.benchmarks import permuted, rotated, split  # noqa: F401  (registers the benchmarks)
+from lifelong.benchmarks import mixture, permuted, rotated, split  # noqa: F401  (registers the benchmarks)
 from lifelong.benchmarks.registry import BENCHMARKS
 from lifelong.benchmarks.stream import (
     SCENARIOS,
