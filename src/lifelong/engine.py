@@ -24,6 +24,7 @@ from lifelong import memory
 from lifelong.benchmarks.stream import Stream, mask_logits
 from lifelong.methods.base import Method
 from lifelong.metrics import summary
+from lifelong.seeding import mix_seed
 
 ProgressCallback = Callable[[str, dict[str, Any]], None]
 
@@ -45,6 +46,8 @@ class Result:
     train_loss: list[float] = field(default_factory=list)
     untrained_eval_seconds: float = 0.0
     method_memory: list[dict[str, int]] = field(default_factory=list)
+    #: the method's `report()` after each task (e.g. HAT's capacity and weight reuse)
+    method_reports: list[dict[str, Any]] = field(default_factory=list)
     peak_memory_mb: float = 0.0
 
     @property
@@ -80,7 +83,10 @@ class Result:
             "train_loss": self.train_loss,
             "peak_memory_mb": self.peak_memory_mb,
             "method_memory": self.method_memory,
+            "method_reports": self.method_reports,
         }
+        if any("capacity" in report for report in self.method_reports):
+            out["capacity"] = [report.get("capacity", {}) for report in self.method_reports]
         if self.other_accuracy_matrix is not None:
             out[f"accuracy_matrix_{self.other_kind}"] = matrix(self.other_accuracy_matrix)
             if self.tasks_done:
@@ -109,6 +115,7 @@ class Result:
             train_loss=list(record["train_loss"]),
             untrained_eval_seconds=record["seconds"]["untrained_eval"],
             method_memory=list(record["method_memory"]),
+            method_reports=list(record.get("method_reports", [])),
             peak_memory_mb=record["peak_memory_mb"],
         )
 
@@ -186,6 +193,7 @@ def run(
         result.eval_seconds.append(eval_seconds)
         result.train_loss.append(mean_loss)
         result.method_memory.append(method.memory())
+        result.method_reports.append(method.report())
         result.peak_memory_mb = max(result.peak_memory_mb, memory.peak_mb())
         if progress:
             progress("task_end", {"task": task.id, "n_tasks": n_tasks, "loss": mean_loss,
@@ -247,6 +255,7 @@ def train_task(
     for epoch in range(epochs):
         generator = torch.Generator().manual_seed(mix_seed(seed, task_id, epoch))
         order = torch.randperm(len(y), generator=generator).to(device)
+        method.begin_epoch(epoch, n_batches)
         for b, index in enumerate(order.split(batch_size)):
             batch_ids = ids[index] if per_sample_ids else ids
             total_loss += method.observe(x[index], y[index], batch_ids)
@@ -299,12 +308,3 @@ def evaluate(
 
 def _correct(logits: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -> int:
     return int((mask_logits(logits, mask).argmax(1) == y).sum())
-
-
-def mix_seed(*numbers: int) -> int:
-    """A 63-bit seed from integers (stable across runs and platforms)."""
-    value = 0x9E3779B97F4A7C15
-    for number in numbers:
-        value = (value ^ (int(number) + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2)))
-        value &= (1 << 63) - 1
-    return value

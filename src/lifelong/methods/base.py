@@ -5,11 +5,13 @@ A method owns its network(s) and optimizer and sees data only through these hook
 
 - ``begin_task(task)`` before the task's first batch;
 - ``training_data(task)`` the tensors the engine batches for this task (the task's own by default);
+- ``begin_epoch(epoch, n_batches)`` before each pass over them (for schedules within an epoch);
 - ``observe(x, y, task_id) -> loss`` one optimisation step on a minibatch (labels are output units);
 - ``end_task(task)`` after its last batch;
 - ``predict(x, task_id) -> logits`` over all output units (the engine masks them by scenario);
 - ``state_dict()`` / ``load_state_dict()`` everything the method remembers, for checkpoints;
-- ``memory()`` what it stores, in counts and bytes.
+- ``memory()`` what it stores, in counts and bytes;
+- ``report()`` anything else worth recording after a task (JSON values, e.g. HAT's capacity).
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Method:
     def training_data(self, task: Task) -> tuple[torch.Tensor, torch.Tensor, int | torch.Tensor]:
         """``(x, y, task_ids)`` the engine draws this task's minibatches from."""
         return task.x_train, task.y_train, task.id
+
+    def begin_epoch(self, epoch: int, n_batches: int) -> None:
+        """Called before each epoch of the current task, with the number of minibatches it has."""
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, task_id: int | torch.Tensor) -> torch.Tensor:
         loss = self.loss(self.model(x, task_id), y)
@@ -117,6 +122,10 @@ class Method:
             "parameters": sum(p.numel() for p in tensors.values()),
             "parameter_bytes": sum(p.numel() * p.element_size() for p in tensors.values()),
         }
+
+    def report(self) -> dict[str, Any]:
+        """JSON-serialisable facts recorded after each task (none by default)."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr})"
