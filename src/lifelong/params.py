@@ -79,7 +79,8 @@ def describe_type(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(describe_type(a) for a in args if a is not type(None)) + " or none"
     if origin is tuple:
-        return f"comma-separated {describe_type(args[0])}s"
+        element = describe_type(args[0])
+        return f"comma-separated {element}s" if element.isidentifier() else f"comma-separated ({element})"
     return getattr(annotation, "__name__", str(annotation))
 
 
