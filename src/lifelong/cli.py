@@ -291,7 +291,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 def command_reproduce(args: argparse.Namespace) -> int:
     from lifelong.experiments.sweep import run_sweep
-    from lifelong.reproduce import PROTOCOLS, collect, get_protocol, record_section, summary_table
+    from lifelong.reproduce import PROTOCOLS, get_protocol, record_section
 
     if args.list or not args.protocol:
         for name, protocol in PROTOCOLS.items():
@@ -312,7 +312,7 @@ def command_reproduce(args: argparse.Namespace) -> int:
         config.resolved()
     out = args.out or Path("reproductions") / protocol.name
     summary = run_sweep(runs, out, workers=args.workers or (os.cpu_count() or 1))
-    table = summary_table(protocol, collect(out, runs))
+    table = protocol.table(out, seeds)
     print(f"{protocol.name}: {protocol.paper}\n{protocol.protocol}\n\n{table}")
     if args.record:
         command = f"lifelong reproduce {protocol.name} --seeds {','.join(map(str, seeds))}"
