@@ -8,6 +8,7 @@
     lifelong compare DIR... [--format text|markdown|csv|json]    mean ± 95% CI over seeds
     lifelong report DIR... -o report.html                        one self-contained HTML page
     lifelong reproduce NAME [--seeds 0,1,2] [--record]    a paper protocol beside the paper
+    lifelong export RUN_DIR --task T -o task.pt           one task's (pruned) model of a run
     lifelong list                       benchmarks, methods and models with their parameters
 """
 
@@ -131,6 +132,15 @@ def build_parser() -> Parser:
     reproduce.add_argument("--out", type=Path, help="store directory (default reproductions/<name>)")
     reproduce.add_argument("--record", action="store_true",
                            help="write the result into REPRODUCTIONS.md")
+
+    export = commands.add_parser(
+        "export", help="write one task's model of a run (HAT: its pruned sub-network) to a file",
+        description="Rebuild a run's method from its directory and newest checkpoint and save task "
+        "T's model (a torch module; load it with torch.load(path, weights_only=False)).",
+    )
+    export.add_argument("run_dir", type=Path, help="the directory of one run (holds config.json)")
+    export.add_argument("--task", type=int, required=True, help="task position in the run's stream")
+    export.add_argument("-o", "--output", type=Path, required=True, help="the file to write")
 
     commands.add_parser("list", help="show benchmarks, methods and models with their parameters")
     return parser
@@ -321,6 +331,15 @@ def command_reproduce(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from lifelong.experiments.export import export_task_model
+
+    facts = export_task_model(args.run_dir, args.task, args.output)
+    print(f"task {facts['task']} ({facts['name']}) of {facts['method']}: {facts['parameters']} "
+          f"parameters, {facts['outputs']} outputs, written to {facts['path']}")
+    return 0
+
+
 def command_list(args: argparse.Namespace) -> int:
     for title, registry in (("benchmarks", BENCHMARKS), ("methods", METHODS), ("models", MODELS)):
         print(f"{title}:")
@@ -345,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         commands = {"run": command_run, "sweep": command_sweep, "runs": command_runs,
                     "compare": command_compare, "report": command_report,
-                    "reproduce": command_reproduce, "list": command_list}
+                    "reproduce": command_reproduce, "export": command_export,
+                    "list": command_list}
         return commands[args.command](args)
     except (UsageError, ParamError, ValueError) as error:  # bad input: one line, exit code 2
         print(f"lifelong: error: {error}", file=sys.stderr)

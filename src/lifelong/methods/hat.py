@@ -201,6 +201,9 @@ class HAT(Method):
         """Task ``task_id``'s pruned network: only its units, and its own output units (in order)."""
         if task_id not in self.task_masks:
             raise ValueError(f"task {task_id} has not been trained; trained: {sorted(self.task_masks)}")
+        if self.layout is None:
+            raise ValueError("export_task needs the stream's layout: load the state, then call "
+                             "begin_task or set `layout`")
         units = list(self.layout.task_units[task_id])
         network = self.net.pruned(self.task_masks[task_id], units)
         network.eval()
@@ -248,6 +251,7 @@ class HAT(Method):
             "embeddings": {t: [e.detach().clone() for e in es] for t, es in self.embeddings.items()},
             "cumulative": self.cumulative,
             "task_masks": self.task_masks,
+            "input_shape": None if self.net is None else self.net.input_shape,
             "compression": self.compression,
             "task_id": self.task_id,
         }
@@ -260,6 +264,8 @@ class HAT(Method):
         self.compression = {int(t): facts for t, facts in state["compression"].items()}
         self.embeddings = {int(t): [e.clone().requires_grad_() for e in es]
                            for t, es in state["embeddings"].items()}
+        if state.get("input_shape") is not None:
+            self.gated(tuple(state["input_shape"]))
 
     def memory(self) -> dict[str, int]:
         facts = super().memory()

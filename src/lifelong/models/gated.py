@@ -46,6 +46,7 @@ class GatedNetwork(nn.Module):
                              "(the mlp or conv model)")
         self.body = network.body
         self.head = network.head
+        self.input_shape = tuple(input_shape)
         self.layers = describe_layers(self.body, input_shape)
         if not self.layers:
             raise ValueError("HAT needs at least one Linear or Conv2d layer in the model's body")
