@@ -165,7 +165,7 @@ HAT_TEXT = (
     "seed + 1), every method and the joint reference on the same order; MLP 784-400-400 with one "
     "10-unit head per task (HAT's MLP has 2000 units and dropout), SGD lr 0.05 for every method "
     "(the HAT code's), batch 64, 10 epochs per task without the code's validation-driven lr decay; "
-    "each method's other hyper-parameters are the HAT code's. Mixture: MNIST, Fashion-MNIST and "
+    "every other hyper-parameter at the method's paper default (`lifelong list`). Mixture: MNIST, Fashion-MNIST and "
     "8x8 digits upscaled to 28x28 (the paper's 8-dataset mixture minus what is not available "
     "offline), 3000 training and 2000 test images per task (digits: all 1437 / 360). Permuted "
     "MNIST: 10 tasks, 3000 training images and 2000 test images per task. rho_{<=t} as in the "
