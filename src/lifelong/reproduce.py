@@ -165,11 +165,13 @@ HAT_TEXT = (
     "seed + 1), every method and the joint reference on the same order; MLP 784-400-400 with one "
     "10-unit head per task (HAT's MLP has 2000 units and dropout), SGD lr 0.05 for every method "
     "(the HAT code's), batch 64, 10 epochs per task without the code's validation-driven lr decay; "
-    "every other hyper-parameter at the method's paper default (`lifelong list`). Mixture: MNIST, Fashion-MNIST and "
-    "8x8 digits upscaled to 28x28 (the paper's 8-dataset mixture minus what is not available "
-    "offline), 3000 training and 2000 test images per task (digits: all 1437 / 360). Permuted "
+    "every other hyper-parameter at the method's paper default (`lifelong list`). Mixture: MNIST, "
+    "Fashion-MNIST and 8x8 digits upscaled to 28x28 (the paper's 8-dataset mixture minus what is "
+    "not available offline), 3000 training and 2000 test images per task (digits: all 1437 / 360). Permuted "
     "MNIST: 10 tasks, 3000 training images and 2000 test images per task. rho_{<=t} as in the "
-    "paper, random = a stratified random classifier."
+    "paper, random = a stratified random classifier. As in the HAT code, PNN's columns are "
+    "1.117 W / T wide so that all its columns hold about one network's parameters; PathNet's "
+    "modules are sized to the same budget."
 )
 HAT_METHODS = (
     RatioMethod("finetune", {"lr": 0.05}, "sgd"),
@@ -193,9 +195,11 @@ PROTOCOLS["hat-forgetting-ratio"] = RatioProtocol(
     protocol=HAT_TEXT,
     benchmarks=(
         RatioBenchmark("mixture", {"train_per_task": 3000, "test_per_task": 2000},
-                       paper={"hat": (-0.02, -0.06), "lwf": (-0.14, -0.80), "lfl": (-0.73, -0.92)}),
+                       paper={"hat": (-0.02, -0.06), "lwf": (-0.14, -0.80), "lfl": (-0.73, -0.92)},
+                       method_params={"pnn": {"width_scale": round(1.117 / 3, 4)}}),
         RatioBenchmark("permuted-mnist", {"n_tasks": 10, "train_per_task": 3000, "test_per_task": 2000,
-                                          "scenario": "task"}),
+                                          "scenario": "task"},
+                       method_params={"pnn": {"width_scale": round(1.117 / 10, 4)}}),
     ),
     methods=HAT_METHODS,
     goal_method="hat",

@@ -43,6 +43,8 @@ class RatioBenchmark:
     params: dict[str, Any]
     #: the paper's rho for some methods: label -> (after two tasks, after the last)
     paper: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: per-benchmark parameters of some methods (label -> params), e.g. widths that depend on T
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class RatioProtocol:
 
     def config(self, bench: RatioBenchmark, method: RatioMethod, seed: int) -> RunConfig:
         return RunConfig(benchmark=bench.benchmark, method=method.method, model=self.model,
-                         benchmark_params=bench.params, method_params=method.params,
+                         benchmark_params=bench.params,
+                         method_params={**method.params, **bench.method_params.get(method.name, {})},
                          model_params=self.model_params, epochs=self.epochs,
                          batch_size=self.batch_size, seed=seed, order=seed + 1)
 
