@@ -130,6 +130,8 @@ def build_parser() -> Parser:
     reproduce.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
     reproduce.add_argument("--workers", type=int, help="parallel runs (default: the number of cores)")
     reproduce.add_argument("--out", type=Path, help="store directory (default reproductions/<name>)")
+    reproduce.add_argument("--only", help="comma-separated method names: run only these (the table "
+                           "still shows every finished run of the protocol)")
     reproduce.add_argument("--record", action="store_true",
                            help="write the result into REPRODUCTIONS.md")
 
@@ -318,6 +320,13 @@ def command_reproduce(args: argparse.Namespace) -> int:
     if missing:
         print(f"not in the library yet, skipped: {', '.join(missing)}", file=sys.stderr)
     runs = protocol.runs(seeds)
+    if args.only:
+        only = set(args.only.split(","))
+        unknown = only - {config.method for config in runs}
+        if unknown:
+            raise UsageError(f"--only {','.join(sorted(unknown))}: not a method of {protocol.name}; "
+                             f"its methods: {', '.join(sorted({c.method for c in runs}))}")
+        runs = [config for config in runs if config.method in only]
     for config in runs:
         config.resolved()
     out = args.out or Path("reproductions") / protocol.name

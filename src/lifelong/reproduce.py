@@ -100,17 +100,21 @@ GEM_TEXT = (
     "1 epoch, batch 10, MLP 784-100-100-10 (ReLU, Xavier), plain SGD, single head. single: lr "
     "{single}; independent: one 784-5-5-10 network per task (hidden 100/20), each initialised from "
     "the previous one (--finetune yes), lr {independent}; GEM: lr 0.1, 256 memories per task, "
-    "memory_strength 0.5; A-GEM and ER with their own defaults; OGD (GTL, 200 gradients per "
+    "memory_strength 0.5; EWC as the GEM script (lr {ewc_lr}, memory_strength {ewc_strength} on "
+    "{ewc_memories} examples' Fisher); A-GEM and ER with their own defaults; OGD (GTL, 200 gradients per "
     "task) at lr 0.03, since its paper's 1e-3 barely moves in 100 steps per task. ACC/BWT as in "
     "the paper (T-1)."
 )
 
 
-def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float) -> Protocol:
+def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float,
+         ewc: dict[str, Any]) -> Protocol:
     return Protocol(
         name=f"gem-{benchmark}",
         paper="Lopez-Paz & Ranzato, Gradient Episodic Memory for Continual Learning, NeurIPS 2017",
-        protocol=GEM_TEXT.format(bench=benchmark, single=single_lr, independent=independent_lr),
+        protocol=GEM_TEXT.format(bench=benchmark, single=single_lr, independent=independent_lr,
+                                 ewc_lr=ewc["lr"], ewc_strength=ewc["lamb"] / 2,
+                                 ewc_memories=ewc["fisher_samples"]),
         benchmark=benchmark,
         benchmark_params={"n_tasks": 20, "train_per_task": 1000},
         model_params=MLP_100,
@@ -118,7 +122,8 @@ def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float
             MethodSetting("finetune", {"lr": single_lr}, note="GEM's 'single'"),
             MethodSetting("independent", {"lr": independent_lr, "init_from_previous": True},
                           {"hidden": [5, 5]}),
-            MethodSetting("ewc", {}),
+            MethodSetting("ewc", ewc, note="GEM's EWC: lamb = 2 x memory_strength, one Fisher "
+                          "gradient on the first n_memories examples"),
             MethodSetting("gem", {"lr": 0.1, "n_memories": 256, "memory_strength": 0.5}),
             MethodSetting("agem", {}),
             MethodSetting("replay", {}),
@@ -133,8 +138,10 @@ def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float
 
 PROTOCOLS: dict[str, Protocol | RatioProtocol] = {
     p.name: p for p in (
-        _gem("permuted-mnist", single_lr=0.03, independent_lr=0.03, gem_acc=0.83),
-        _gem("rotated-mnist", single_lr=0.003, independent_lr=0.1, gem_acc=0.86),
+        _gem("permuted-mnist", single_lr=0.03, independent_lr=0.03, gem_acc=0.83,
+             ewc={"lr": 0.1, "lamb": 6.0, "fisher_samples": 10, "fisher_batch": None}),
+        _gem("rotated-mnist", single_lr=0.003, independent_lr=0.1, gem_acc=0.86,
+             ewc={"lr": 0.01, "lamb": 2000.0, "fisher_samples": 1000, "fisher_batch": None}),
         Protocol(
             name="agem-permuted-mnist",
             paper="Chaudhry et al., Efficient Lifelong Learning with A-GEM, ICLR 2019 (and thesis)",
@@ -165,7 +172,9 @@ HAT_TEXT = (
     "seed + 1), every method and the joint reference on the same order; MLP 784-400-400 with one "
     "10-unit head per task (HAT's MLP has 2000 units and dropout), SGD lr 0.05 for every method "
     "(the HAT code's), batch 64, 10 epochs per task without the code's validation-driven lr decay; "
-    "every other hyper-parameter at the method's paper default (`lifelong list`). Mixture: MNIST, "
+    "EWC as the HAT code (merged Fisher on batches of 20, lambda 5000); SI c=1 and MAS lambda=0.1 "
+    "(strengths at which plain SGD stays stable on permuted MNIST); every other hyper-parameter "
+    "at the method's paper default (`lifelong list`). Mixture: MNIST, "
     "Fashion-MNIST and 8x8 digits upscaled to 28x28 (the paper's 8-dataset mixture minus what is "
     "not available offline), 3000 training and 2000 test images per task (digits: all 1437 / 360). Permuted "
     "MNIST: 10 tasks, 3000 training images and 2000 test images per task. rho_{<=t} as in the "
@@ -176,9 +185,9 @@ HAT_TEXT = (
 HAT_METHODS = (
     RatioMethod("finetune", {"lr": 0.05}, "sgd"),
     RatioMethod("frozen", {"lr": 0.05}, "sgd-f"),
-    RatioMethod("ewc", {"lr": 0.05}),
-    RatioMethod("si", {"lr": 0.05}),
-    RatioMethod("mas", {"lr": 0.05}),
+    RatioMethod("ewc", {"lr": 0.05, "variant": "merged", "lamb": 5000.0, "fisher_batch": 20}),
+    RatioMethod("si", {"lr": 0.05, "c": 1.0}),
+    RatioMethod("mas", {"lr": 0.05, "lamb": 0.1}),
     RatioMethod("imm", {"lr": 0.05, "mode": "mean"}, "imm-mean"),
     RatioMethod("imm", {"lr": 0.05, "mode": "mode"}, "imm-mode"),
     RatioMethod("lwf", {"lr": 0.05}),
