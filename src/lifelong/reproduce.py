@@ -56,6 +56,7 @@ class Protocol:
     batch_size: int = 10
     model_params: dict[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
+    notes: str = ""  # what differs from the paper and why, recorded under the table
 
     def runs(self, seeds: Sequence[int]) -> list[RunConfig]:
         """Run configs of every available method and seed (methods not yet in the library skipped)."""
@@ -289,6 +290,7 @@ def record_section(path: Path, protocol: Protocol, seeds: Sequence[int], table: 
         f"Seeds: {', '.join(map(str, seeds))}. Command: `{command}`. "
         f"Recorded {datetime.date.today().isoformat()}.", "",
         table, "",
+        *([protocol.notes, ""] if protocol.notes else []),
     ])
     text = path.read_text() if path.exists() else "# Reproductions\n\n"
     sections = text.split("\n## ")

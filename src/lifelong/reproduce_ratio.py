@@ -62,6 +62,7 @@ class RatioProtocol:
     epochs: int = 1
     batch_size: int = 64
     seeds: tuple[int, ...] = (0, 1, 2)
+    notes: str = ""  # what differs from the paper and why, recorded under the table
 
     def available(self) -> list[RatioMethod]:
         return [m for m in (*self.methods, self.reference) if m.method in METHODS]
