@@ -35,8 +35,7 @@ import torch
 from torch import nn
 
 from lifelong.benchmarks.stream import Task
-from lifelong.methods.base import Method, tensor_bytes
-from lifelong.methods.lwf import frozen_copy
+from lifelong.methods.previous_model import PreviousModelMethod
 from lifelong.methods.registry import METHODS
 from lifelong.params import NonNegative, Positive
 
@@ -47,7 +46,7 @@ def feature_distance(features: torch.Tensor, old_features: torch.Tensor) -> torc
 
 
 @METHODS.register("lfl")
-class LFL(Method):
+class LFL(PreviousModelMethod):
     """Less-Forgetting Learning: keep the penultimate features close to the previous network's."""
 
     def __init__(
@@ -92,35 +91,6 @@ class LFL(Method):
         for parameter in (self.model.head.weight, self.model.head.bias):
             if parameter is not None and parameter.grad is not None:
                 parameter.grad[self.frozen_units] = 0.0
-
-    def end_task(self, task: Task) -> None:
-        self.old_model = frozen_copy(self.model)
-
-    # ----------------------------------------------------------------------------- state
-    def networks(self) -> list[nn.Module]:
-        return [self.model] + ([self.old_model] if self.old_model is not None else [])
-
-    def set_training(self, mode: bool) -> None:
-        self.model.train(mode)
-        if self.old_model is not None:
-            self.old_model.eval()
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["old_model"] = None if self.old_model is None else self.old_model.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.old_model = None
-        if state["old_model"] is not None:
-            self.old_model = frozen_copy(self.model)
-            self.old_model.load_state_dict(state["old_model"])
-
-    def memory(self) -> dict[str, int]:
-        old = [] if self.old_model is None else list(self.old_model.parameters())
-        return {**super().memory(), "old_model_parameters": sum(p.numel() for p in old),
-                "old_model_bytes": tensor_bytes(*old)}
 
     def __repr__(self) -> str:
         return f"LFL(lr={self.lr}, lamb={self.lamb})"

@@ -40,7 +40,6 @@ norm 100. Like HAT's code (and unlike the paper) there is no weight decay term.
 
 from __future__ import annotations
 
-import copy
 from typing import Annotated
 
 import torch
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.benchmarks.stream import HeadLayout, Task
-from lifelong.methods.base import Method, tensor_bytes
+from lifelong.methods.previous_model import PreviousModelMethod
 from lifelong.methods.registry import METHODS
 from lifelong.params import NonNegative, Positive
 
@@ -80,7 +79,7 @@ def new_units(layout: HeadLayout, task_id: int) -> torch.Tensor:
 
 
 @METHODS.register("lwf")
-class LwF(Method):
+class LwF(PreviousModelMethod):
     """Learning without Forgetting: distil the previous network's outputs on the new task's data."""
 
     def __init__(
@@ -122,9 +121,6 @@ class LwF(Method):
         self.step(loss)
         return loss.detach()
 
-    def end_task(self, task: Task) -> None:
-        self.old_model = frozen_copy(self.model)
-
     @torch.no_grad()
     def features_of(self, x: torch.Tensor) -> torch.Tensor:
         """The (frozen) body's features of ``x``, in eval mode, chunk by chunk."""
@@ -159,40 +155,5 @@ class LwF(Method):
             if bias is not None:
                 head.bias[units] = bias.detach()
 
-    # ----------------------------------------------------------------------------- state
-    def networks(self) -> list[nn.Module]:
-        return [self.model] + ([self.old_model] if self.old_model is not None else [])
-
-    def set_training(self, mode: bool) -> None:
-        self.model.train(mode)
-        if self.old_model is not None:
-            self.old_model.eval()  # the old outputs are the targets: no dropout
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["old_model"] = None if self.old_model is None else self.old_model.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.old_model = None
-        if state["old_model"] is not None:
-            self.old_model = frozen_copy(self.model)
-            self.old_model.load_state_dict(state["old_model"])
-
-    def memory(self) -> dict[str, int]:
-        old = [] if self.old_model is None else list(self.old_model.parameters())
-        return {**super().memory(), "old_model_parameters": sum(p.numel() for p in old),
-                "old_model_bytes": tensor_bytes(*old)}
-
     def __repr__(self) -> str:
         return f"LwF(lr={self.lr}, lamb={self.lamb}, T={self.T}, warmup_steps={self.warmup_steps})"
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in eval mode with no gradients (the previous task's network)."""
-    old = copy.deepcopy(model)
-    for parameter in old.parameters():
-        parameter.requires_grad_(False)
-    return old.eval()
-

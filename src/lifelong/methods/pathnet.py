@@ -55,6 +55,7 @@ from torch import nn
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
 from lifelong.methods.registry import METHODS
+from lifelong.models.network import xavier_
 from lifelong.params import AtLeastOne, Positive, Range
 
 SUPPORTED = ("nn.Linear and nn.Conv2d layers separated by parameter-free modules "
@@ -118,19 +119,6 @@ def matching_factor(stages, n_modules: int, budget: int) -> float:
             break
         best = factor
     return best
-
-
-@torch.no_grad()
-def xavier_(module: nn.Module, generator: torch.Generator) -> None:
-    """Xavier-uniform weights and zero biases for every linear/conv layer, drawn from ``generator``."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            receptive = layer.weight[0, 0].numel()
-            fan_out, fan_in = layer.weight.shape[0] * receptive, layer.weight.shape[1] * receptive
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=generator))
-            if layer.bias is not None:
-                layer.bias.zero_()
 
 
 class ModularNetwork(nn.Module):

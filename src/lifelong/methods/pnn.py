@@ -44,7 +44,6 @@ clipping at 10000 are not used).
 from __future__ import annotations
 
 import copy
-import math
 from typing import Annotated, Literal
 
 import torch
@@ -54,6 +53,7 @@ from torch import nn
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
 from lifelong.methods.registry import METHODS
+from lifelong.models.network import xavier_
 from lifelong.params import Positive
 
 SUPPORTED = ("nn.Linear and nn.Conv2d layers separated by parameter-free modules "
@@ -104,19 +104,6 @@ def make_layer(template: nn.Module, inputs: int, outputs: int, bias: bool = True
         return nn.Linear(inputs, outputs, bias=bias)
     return nn.Conv2d(inputs, outputs, template.kernel_size, template.stride, template.padding,
                      template.dilation, bias=bias, padding_mode=template.padding_mode)
-
-
-@torch.no_grad()
-def xavier_(module: nn.Module, generator: torch.Generator) -> None:
-    """Xavier-uniform weights and zero biases for every linear/conv layer, drawn from ``generator``."""
-    for layer in module.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            receptive = layer.weight[0, 0].numel()
-            fan_out, fan_in = layer.weight.shape[0] * receptive, layer.weight.shape[1] * receptive
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=generator))
-            if layer.bias is not None:
-                layer.bias.zero_()
 
 
 class Lateral(nn.Module):

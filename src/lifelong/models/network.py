@@ -48,3 +48,16 @@ class Network(nn.Module):
                         module.bias.zero_()
                 elif module is not self and hasattr(module, "reset_parameters"):
                     module.reset_parameters()
+
+
+@torch.no_grad()
+def xavier_(module: nn.Module, generator: torch.Generator) -> None:
+    """Xavier-uniform weights and zero biases for every linear/conv layer, drawn from ``generator``."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            receptive = layer.weight[0, 0].numel()
+            fan_out, fan_in = layer.weight.shape[0] * receptive, layer.weight.shape[1] * receptive
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=generator))
+            if layer.bias is not None:
+                layer.bias.zero_()
