@@ -220,6 +220,26 @@ PROTOCOLS["hat-forgetting-ratio"] = RatioProtocol(
     epochs=10,
     batch_size=64,
     seeds=(0, 1, 2),
+    notes=(
+        "Where ours differs from the paper, and why. HAT's own rho matches the paper (-0.06 after "
+        "the 10th permuted-MNIST task, the paper's -0.06 on its mixture; -0.01 after the 3rd "
+        "mixture task) and is above the -0.10 floor on both benchmarks, but it is not the best: at "
+        "this budget (10 epochs of 3000 images per task, multi-head) plain SGD hardly forgets "
+        "(rho -0.06 on permuted MNIST, -0.05 on the 3-task mixture, where the paper's SGD falls "
+        "far lower on 8 very different datasets trained to convergence), so rho mostly measures "
+        "how well each method learns each new task, and there HAT pays for its sparsity and its "
+        "annealing (rho -0.02 already after the first task). Methods with no or little forgetting "
+        "and full plasticity (LwF, PackNet, PNN) come out level with or above it. A single-seed "
+        "probe with 30 epochs per task (seed 0, permuted MNIST) makes forgetting bite harder: "
+        "SGD -0.062, HAT -0.027, LwF -0.019 after the last task. LwF stays strong here because "
+        "MNIST-like new data exercises the old heads as well as old data would; the paper's "
+        "collapse of LwF (-0.80) comes from old tasks (CIFAR, SVHN, traffic signs...) whose "
+        "inputs the new data does not resemble. LFL reproduces its paper closely (-0.77 / -0.93 "
+        "on the mixture against -0.73 / -0.92). On the mixture the joint reference with the same "
+        "10-epoch budget underfits a task it meets last (seed 1: Fashion-MNIST 0.60 against 0.82 "
+        "trained alone), which lifts every method's rho for that seed and explains the +-0.1 "
+        "spread over seeds there."
+    ),
 )
 
 
