@@ -37,6 +37,23 @@ def toy_parts(n_tasks: int = 3, classes_per_task: int = 2, disjoint: bool = True
     return parts
 
 
+def directions_parts(n_tasks: int = 3, n: int = 400, seed: int = 0):
+    """Every task: the same inputs x ~ N(0, I_16), labelled by the sign of x·w_t, w_t random.
+
+    With a narrow body (4 hidden units) each new task re-purposes the features the old heads
+    read, so fine-tuning forgets; the new data cover the old tasks' inputs (LwF's best case).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for t in range(n_tasks):
+        x = torch.randn(n, 16, generator=generator)
+        labels = (x @ torch.randn(16, generator=generator) > 0).long()
+        cut = n * 3 // 4
+        parts.append((f"dir-{t}", x[:cut].view(-1, 1, 4, 4), labels[:cut],
+                      x[cut:].view(-1, 1, 4, 4), labels[cut:]))
+    return parts
+
+
 @pytest.fixture
 def toy_task_stream():
     return build_stream("toy", "task", toy_parts(), (1, 4, 4))

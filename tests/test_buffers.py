@@ -7,15 +7,6 @@ import torch
 from lifelong.buffers import ReservoirBuffer, TaskRingBuffer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes busying the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def numbered(start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Examples whose input and label are their position in the stream."""
     ids = torch.arange(start, start + n)

@@ -15,14 +15,6 @@ from lifelong.models import Network, make_model
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def two_layer(n_units=6, seed=0):
     """16 inputs -> 3 ReLU units -> ``n_units`` outputs: small enough to back-propagate by hand."""
     return Network(nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.ReLU()), nn.Linear(3, n_units), seed)

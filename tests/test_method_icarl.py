@@ -16,15 +16,6 @@ from lifelong.models import make_model
 from lifelong.models.network import Network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes busying the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_herding_picks_exemplars_whose_running_mean_tracks_the_class_mean():
     # 1-d features 0, 1, 2, 3, 10: mean 3.2. Step k picks x minimising |3.2 - (x + sum) / k|:
     # k=1: 3 (0.2); k=2: 2 (mean 2.5, where 10 would give 6.5); k=3: 1 (2.0 vs 5.0 for 10);

@@ -3,7 +3,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import toy_parts
+from conftest import directions_parts, toy_parts
 
 from lifelong import engine
 from lifelong.benchmarks import build_stream
@@ -11,31 +11,6 @@ from lifelong.benchmarks.stream import mask_logits
 from lifelong.methods import METHODS, make_method
 from lifelong.models import make_model
 from lifelong.params import ParamError
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def directions_parts(n_tasks=3, n=400, seed=0):
-    """Every task: the same inputs x ~ N(0, I_16), labelled by the sign of x·w_t, w_t random.
-
-    With a narrow body (4 hidden units) each new task re-purposes the features the old heads
-    read, so fine-tuning forgets.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for t in range(n_tasks):
-        x = torch.randn(n, 16, generator=generator)
-        labels = (x @ torch.randn(16, generator=generator) > 0).long()
-        cut = n * 3 // 4
-        parts.append((f"dir-{t}", x[:cut].view(-1, 1, 4, 4), labels[:cut],
-                      x[cut:].view(-1, 1, 4, 4), labels[cut:]))
-    return parts
 
 
 def toy_stream(scenario="task"):

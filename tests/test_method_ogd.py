@@ -13,15 +13,6 @@ from lifelong.models import make_model
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids the collapse of two-thread kernels on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def ogd(stream, seed=0, hidden=(16,), **params):
     model = make_model("mlp", stream.input_shape, stream.n_units, seed=seed, hidden=hidden)
     return make_method("ogd", model, seed=seed, **params)

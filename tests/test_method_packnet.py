@@ -16,14 +16,6 @@ from lifelong.models.network import Network
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _packnet(stream, seed=0, hidden=(16, 16), **params):
     model = make_model("mlp", stream.input_shape, stream.n_units, seed=seed, hidden=hidden)
     return make_method("packnet", model, seed=seed, **{"lr": 0.1, "retrain_epochs": 1, **params})

@@ -16,14 +16,6 @@ from lifelong.models.network import Network
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _stream(scenario="task", n_tasks=3):
     return build_stream("toy", scenario, toy_parts(n_tasks=n_tasks, disjoint=scenario == "task"), (1, 4, 4))
 

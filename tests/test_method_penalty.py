@@ -14,14 +14,6 @@ from lifelong.methods.penalty import (
 from lifelong.models import Network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_tensors(generator, shapes=(("w", (3, 2)), ("b", (3,))), positive=False):
     out = {name: torch.randn(*shape, generator=generator) for name, shape in shapes}
     return {n: t.abs() for n, t in out.items()} if positive else out

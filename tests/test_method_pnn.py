@@ -16,14 +16,6 @@ from lifelong.models.network import Network
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pnn(stream, seed=0, model="mlp", model_params=None, **params):
     network = make_model(model, stream.input_shape, stream.n_units, seed=seed,
                          **(model_params or {"hidden": (16, 8)}))

@@ -12,15 +12,6 @@ from lifelong.methods import make_method
 from lifelong.models import make_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is fastest, and immune to other processes busying the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def replay_on(stream, seed=0, **params):
     model = make_model("mlp", stream.input_shape, stream.n_units, seed=seed, hidden=(16,))
     return make_method("replay", model, seed=seed, **{"lr": 0.1, **params})

@@ -16,14 +16,6 @@ from lifelong.models import Network, make_model
 from lifelong.params import ParamError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def two_layer(seed=0):
     return Network(nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.ReLU()), nn.Linear(3, 6), seed)
 

@@ -47,7 +47,8 @@ def test_explicit_orders_and_singular_spellings():
 @pytest.mark.parametrize("text, message", [
     ("methods: [finetune]", "field 'benchmark' is required"),
     ("benchmark: split-digits", "field 'methods' is required"),
-    ("benchmark: nope\nmethods: [finetune]", "benchmark='nope' is unknown; allowed values: mixture, permuted-mnist"),
+    ("benchmark: nope\nmethods: [finetune]",
+     "benchmark='nope' is unknown; allowed values: mixture, permuted-mnist"),
     ("benchmark: split-digits\nmethods: [nope]", "methods[0]='nope' is unknown; allowed values: agem"),
     ("benchmark: split-digits\nmethods: [finetune]\nsedes: [1]", "unknown field 'sedes'; allowed fields:"),
     ("benchmark: split-digits\nmethods: [finetune]\nseed: 1\nseeds: [2]", "'seed' and 'seeds' say the same"),
