@@ -40,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from machine import busy_cpu_seconds, cpu_model
 
 from lifelong.benchmarks import Stream, make_stream
 from lifelong.engine import run
@@ -95,29 +96,6 @@ def step_examples(method, t: int) -> int:
 
 
 # ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds all processes have run, CPU seconds this process has run), from /proc."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-        machine = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        machine = float("nan")
-    own = os.times()
-    return machine, own.user + own.system
-
-
 def peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     """Best float32 GFLOP/s of ``torch.mm`` on two ``n x n`` matrices."""
     a, b = torch.randn(n, n), torch.randn(n, n)

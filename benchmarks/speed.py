@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import busy_cpu_seconds, cpu_model
 from torch import nn
 
 from lifelong.benchmarks import Stream, build_stream, make_stream
@@ -147,29 +148,6 @@ def plain_run(stream: Stream, seed: int) -> Timing:
         accuracy[task.id] = plain_evaluate(model, stream)
         evaluation += time.perf_counter() - start
     return Timing(train, evaluation, time.perf_counter() - start_run, accuracy, untrained)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def busy_cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds all processes have run, CPU seconds this process has run), from /proc."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(v) for v in handle.readline().split()[1:]]
-        machine = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    except (OSError, IndexError, ValueError):
-        machine = float("nan")
-    own = os.times()
-    return machine, own.user + own.system
 
 
 def seconds(timings: list[Timing], phase: str) -> list[float]:

@@ -83,7 +83,7 @@ class HAT(Method):
         self.s = 1.0 / smax
         self._batch = 0
         self._n_batches = 1
-        self._gradient_masks: dict[str, torch.Tensor] = {}
+        self._gradient_masks: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, 1 - view)
 
     # ----------------------------------------------------------------------------- structure
     def gated(self, input_shape: tuple[int, ...]) -> GatedNetwork:
@@ -118,9 +118,10 @@ class HAT(Method):
         self.gated(tuple(task.x_train.shape[1:]))
         self.layout, self.task_id, self.train_mask = task.layout, task.id, task.train_mask
         self.optimizer = self.make_optimizer([*self.model.parameters(), *self.embedding(task.id)])
-        self._gradient_masks = ({} if self.cumulative is None else
-                                {name: 1.0 - view for name, view in
-                                 self.net.parameter_views(self.cumulative).items()})
+        parameters = dict(self.model.named_parameters())
+        self._gradient_masks = [] if self.cumulative is None else [
+            (parameters[name], 1.0 - view)
+            for name, view in self.net.parameter_views(self.cumulative).items()]
 
     def begin_epoch(self, epoch: int, n_batches: int) -> None:
         self._batch, self._n_batches = 0, n_batches
@@ -151,9 +152,7 @@ class HAT(Method):
     @torch.no_grad()
     def _condition_gradients(self, task_id: int) -> None:
         """Freeze what past tasks attend to (weights) and compensate the embeddings (Eq. 5)."""
-        parameters = dict(self.model.named_parameters())
-        for name, mask in self._gradient_masks.items():
-            p = parameters[name]
+        for p, mask in self._gradient_masks:
             if p.grad is not None:
                 p.grad.mul_(mask)
         s = self.s
