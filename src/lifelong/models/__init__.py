@@ -1,6 +1,6 @@
 """Backbones and heads: an MLP (GEM's default) and a small conv net, sized to a stream."""
 
-from lifelong.models import conv, mlp  # noqa: F401  (registers the models)
+from lifelong.models import conv, mlp, transformer  # noqa: F401  (registers the models)
 from lifelong.models.network import Network
 from lifelong.models.registry import MODELS
 
