@@ -70,7 +70,7 @@ def test_padding_does_not_change_outputs(pooling):
     changed = ids.clone()
     changed[2, 5] = 17
     with torch.no_grad():
-        assert (model(changed)[2] - short[2]).abs().max() > 1e-3
+        assert (model(changed)[2] - short[2]).abs().max() > 1e-4  # 10x the padding tolerance
         assert torch.allclose(model(changed)[:2], short[:2], atol=1e-6)
 
 

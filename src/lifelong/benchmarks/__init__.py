@@ -1,7 +1,8 @@
 """Task streams built on real data: permuted / rotated / split MNIST, split Fashion-MNIST, digits,
-and the mixture of MNIST, Fashion-MNIST and digits (one task per dataset)."""
+the mixture of MNIST, Fashion-MNIST and digits (one task per dataset), and the text streams
+(``20news``: 10 tasks of 2 newsgroups; ``tweet-domains``: 6 sentiment domains) of token ids."""
 
-from lifelong.benchmarks import mixture, permuted, rotated, split  # noqa: F401  (registers the benchmarks)
+from lifelong.benchmarks import mixture, permuted, rotated, split, text  # noqa: F401  (registers the benchmarks)
 from lifelong.benchmarks.registry import BENCHMARKS
 from lifelong.benchmarks.stream import (
     SCENARIOS,

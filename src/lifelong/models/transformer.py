@@ -158,6 +158,10 @@ def tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_lengt
     return batch["input_ids"].to(torch.int64)
 
 
+#: The size of BERT's uncased WordPiece vocabulary (MiniLM-L6 uses it too).
+BERT_VOCAB_SIZE = 30522
+
+
 def tiny_bert_config(
     vocab_size: int = 300,
     hidden_size: int = 32,
@@ -486,8 +490,8 @@ def transformer(
 ) -> TextNetwork:
     """A pretrained BERT-style encoder (MiniLM-L6 by default) on token ids, pooled, then the head.
 
-    ``encoder``: ``None`` (all-MiniLM-L6-v2 from its package), ``"tiny"`` (a random 2-layer BERT,
-    for tests), a local model directory or a hub name. ``freeze`` keeps the encoder fixed;
+    ``encoder``: ``None`` (all-MiniLM-L6-v2 from its package), ``"tiny"`` (a random 2-layer BERT of
+    hidden size 32 over BERT's vocabulary, for tests), a local model directory or a hub name. ``freeze`` keeps the encoder fixed;
     ``hidden`` adds Linear+ReLU layers (dropout after each if > 0) between the pooled features and
     the head. ``attention`` is the attention kernel (``sdpa`` is faster on GPUs; see
     `load_encoder`). Inputs are int64 token ids of shape ``input_shape == (L,)``, padded with id 0.
@@ -501,8 +505,8 @@ def transformer(
         raise ValueError(f"dropout={dropout} must be in [0, 1)")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
-    if encoder == "tiny":
-        config = tiny_bert_config(attn_implementation=attention)
+    if encoder == "tiny":  # BERT's vocabulary size, so real token ids fit
+        config = tiny_bert_config(vocab_size=BERT_VOCAB_SIZE, attn_implementation=attention)
         text = TextEncoder(random_encoder(config), pooling, freeze, pretrained=False)
     else:
         text = TextEncoder(load_encoder(encoder, attn_implementation=attention), pooling, freeze,
