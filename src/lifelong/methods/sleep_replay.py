@@ -172,8 +172,10 @@ def sleep_input_spikes(mean: np.ndarray, shape: tuple[int, ...], steps: int, pat
 
 @METHODS.register("sleep-replay")
 class SleepReplay(Method):
-    """Fine-tuning, then a sleep phase after each task: the MLP as a spiking network driven by
-    noise from the mean input, with a local Hebbian rule (Tadros et al. 2022, SRC)."""
+    """SRC (Tadros et al. 2022): fine-tuning, then a spiking, Hebbian "sleep" after each task.
+
+    The MLP runs as an integrate-and-fire network driven by noise from the mean input seen so far.
+    """
 
     def __init__(
         self,
