@@ -23,6 +23,7 @@ from lifelong.methods import METHODS
 from lifelong.params import ParamError
 from lifelong.reproduce_orders import OrdersBenchmark, OrdersProtocol
 from lifelong.reproduce_ratio import RatioBenchmark, RatioMethod, RatioProtocol
+from lifelong.reproduce_sleep import SLEEP_PROTOCOL, SleepProtocol
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float
     )
 
 
-PROTOCOLS: dict[str, Protocol | RatioProtocol] = {
+PROTOCOLS: dict[str, Protocol | RatioProtocol | OrdersProtocol | SleepProtocol] = {
     p.name: p for p in (
         _gem("permuted-mnist", single_lr=0.03, independent_lr=0.03, gem_acc=0.83,
              ewc={"lr": 0.1, "lamb": 6.0, "fisher_samples": 10, "fisher_batch": None}),
@@ -313,7 +314,10 @@ PROTOCOLS["apd-order-robustness"] = OrdersProtocol(
 )
 
 
-def get_protocol(name: str) -> Protocol | RatioProtocol | OrdersProtocol:
+PROTOCOLS[SLEEP_PROTOCOL.name] = SLEEP_PROTOCOL
+
+
+def get_protocol(name: str) -> Protocol | RatioProtocol | OrdersProtocol | SleepProtocol:
     if name not in PROTOCOLS:
         raise ParamError(f"protocol={name!r} is unknown; allowed values: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
