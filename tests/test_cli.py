@@ -19,7 +19,7 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize("argv, message", [
     (["run", "--benchmark", "nope"], "argument --benchmark: invalid choice: 'nope'"),
     (["run", "--benchmark", "split-digits", "--method", "nope"],
-     "method='nope' is unknown; allowed values: agem,"),
+     "method='nope' is unknown; allowed values: adapter,"),
     (["run", "--benchmark", "split-digits", "--method", "finetune", "--param", "nope=1"],
      "--param 'nope' is not a parameter of finetune, split-digits or mlp; allowed:"),
     (["run", "--benchmark", "split-digits", "--method", "finetune", "--param", "lr=fast"],

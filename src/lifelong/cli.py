@@ -201,10 +201,12 @@ def schedule_of(args: argparse.Namespace) -> dict[str, float] | None:
             "lr_factor": args.lr_factor, "lr_min": args.lr_min}
 
 
-def method_names(spec: str) -> list[str]:
-    """``M[,M...]`` or ``all`` as registered method names (a ParamError names the allowed ones)."""
+def method_names(spec: str, model: str = "mlp") -> list[str]:
+    """``M[,M...]`` or ``all`` as registered method names (a ParamError names the allowed ones);
+    ``all`` leaves out the methods built for another model than ``model``."""
     if spec == "all":
-        return METHODS.names
+        return [name for name in METHODS.names
+                if METHODS.get(name).requires_model in (None, model)]
     names = [m.strip() for m in spec.split(",") if m.strip()]
     for name in names:
         METHODS.get(name)
@@ -265,7 +267,7 @@ def split_params(pairs: Sequence[str], methods: Sequence[str], benchmark: str, m
 def command_run(args: argparse.Namespace) -> int:
     demo = args.benchmark is None
     benchmark = DEMO["benchmark"] if demo else args.benchmark
-    methods = list(DEMO["methods"]) if args.method is None else method_names(args.method)
+    methods = list(DEMO["methods"]) if args.method is None else method_names(args.method, args.model)
     tasks = args.tasks if args.tasks is not None else (DEMO["tasks"] if demo else None)
     configs = training_configs(args, benchmark, methods,
                                DEMO["benchmark_params"] if demo else None, tasks)
@@ -418,7 +420,7 @@ def command_orders(args: argparse.Namespace) -> int:
         raise UsageError(f"--orders={args.orders} must be at least 2 (disparity needs two orders)")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers={args.workers} must be at least 1")
-    methods = method_names(args.method)
+    methods = method_names(args.method, args.model)
     bases = training_configs(args, args.benchmark, methods, tasks=args.tasks)
     runs = [config for base in bases for config in order_configs(base, args.orders, seeds)]
     out = args.out or Path("orders") / args.benchmark

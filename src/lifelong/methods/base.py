@@ -40,6 +40,8 @@ class Method:
     task_conditioned: bool = False
     #: whether the method can predict without a task id (class-incremental scoring)
     task_agnostic: bool = True
+    #: the model the method is built for (``"transformer"``: plugins inside a BERT), None for any
+    requires_model: str | None = None
 
     def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         self.model = model

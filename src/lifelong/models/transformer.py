@@ -491,8 +491,8 @@ def transformer(
     """A pretrained BERT-style encoder (MiniLM-L6 by default) on token ids, pooled, then the head.
 
     ``encoder``: ``None`` (all-MiniLM-L6-v2 from its package), ``"tiny"`` (a random 2-layer BERT of
-    hidden size 32 over BERT's vocabulary, for tests), a local model directory or a hub name. ``freeze`` keeps the encoder fixed;
-    ``hidden`` adds Linear+ReLU layers (dropout after each if > 0) between the pooled features and
+    hidden size 32 over BERT's vocabulary, for tests), a local model directory or a hub name.
+    ``freeze`` keeps the encoder fixed; ``hidden`` adds Linear+ReLU layers (dropout after each if > 0) between the pooled features and
     the head. ``attention`` is the attention kernel (``sdpa`` is faster on GPUs; see
     `load_encoder`). Inputs are int64 token ids of shape ``input_shape == (L,)``, padded with id 0.
     """
