@@ -104,9 +104,9 @@ def test_similarity_gate_is_hard_with_straight_through_gradients_and_argmax_at_t
 
 
 def test_annealing_compensation_and_regulariser_against_hand_computations():
-    assert C.annealed_s(400.0, 0, 3) == pytest.approx(1 / 400)
-    assert C.annealed_s(400.0, 1, 3) == pytest.approx((1 / 400 + 400) / 2)
-    assert C.annealed_s(400.0, 2, 3) == 400.0 and C.annealed_s(400.0, 0, 1) == 400.0
+    assert C.annealed_s(0, 3, 400.0) == pytest.approx(1 / 400)
+    assert C.annealed_s(1, 3, 400.0) == pytest.approx((1 / 400 + 400) / 2)
+    assert C.annealed_s(2, 3, 400.0) == 400.0 and C.annealed_s(0, 1, 400.0) == 400.0
     e = torch.tensor([0.5, -1.0, 2.0])
     factor = C.compensation(e, 2.0, 400.0)
     hand = [400 / 2 * (math.cosh(min(2 * v, 50)) + 1) / (math.cosh(v) + 1) for v in e.tolist()]

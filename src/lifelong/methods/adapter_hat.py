@@ -66,35 +66,11 @@ from torch import nn
 from lifelong.benchmarks.stream import Task, mask_logits
 from lifelong.methods.adapter import Adapter, HoulsbyAdapter
 from lifelong.methods.base import tensor_bytes
-from lifelong.methods.hat import THRES_COSH
+from lifelong.methods.hat import THRES_COSH, annealed_s, compensate_, sparsity
 from lifelong.methods.registry import METHODS
 from lifelong.models.transformer import PluginSlot, TextNetwork
 from lifelong.params import AtLeastOne, NonNegative, Positive
 from lifelong.seeding import mix_seed
-
-
-def annealed_s(batch: int, n_batches: int, smax: float) -> float:
-    """HAT Eq. 3: ``1/smax`` at the first batch of an epoch (``batch=0``), ``smax`` at the last."""
-    if n_batches <= 1:
-        return smax
-    return 1.0 / smax + (smax - 1.0 / smax) * batch / (n_batches - 1)
-
-
-def sparsity(gates: list[torch.Tensor], cumulative: list[torch.Tensor] | None) -> torch.Tensor:
-    """HAT Eq. 6 without ``c``: attention on the units still free, over the number of free units."""
-    if cumulative is None:
-        return sum(a.sum() for a in gates) / sum(a.numel() for a in gates)
-    free = [1.0 - a for a in cumulative]
-    return sum((a * f).sum() for a, f in zip(gates, free, strict=True)) / sum(f.sum() for f in free)
-
-
-@torch.no_grad()
-def compensate_(embeddings: list[torch.Tensor], s: float, smax: float, thres_cosh: float) -> None:
-    """HAT Eq. 5 on the embeddings' gradients, in place."""
-    for e in embeddings:
-        if e.grad is not None:
-            numerator = torch.cosh(torch.clamp(s * e, -thres_cosh, thres_cosh)) + 1.0
-            e.grad.mul_(smax / s * numerator / (torch.cosh(e) + 1.0))
 
 
 class MaskedAdapter(HoulsbyAdapter):

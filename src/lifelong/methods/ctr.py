@@ -107,7 +107,7 @@ from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
-from lifelong.methods.hat import THRES_COSH
+from lifelong.methods.hat import annealed_s, compensation, sparsity
 from lifelong.methods.registry import METHODS
 from lifelong.models.transformer import PluginSlot, TextNetwork, insert_plugins
 from lifelong.params import AtLeastOne, NonNegative, Positive
@@ -155,18 +155,6 @@ def similarity_gate(logits: torch.Tensor, generator: torch.Generator | None = No
     soft = F.softmax((logits + noise.to(logits.device, logits.dtype)) / tau, dim=-1)
     hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
     return (hard - soft.detach() + soft)[..., 0]
-
-
-def annealed_s(smax: float, batch: int, n_batches: int) -> float:
-    """HAT's Eq. 3: ``1/smax`` at an epoch's first batch, ``smax`` at its last."""
-    if n_batches <= 1:
-        return smax
-    return 1.0 / smax + (smax - 1.0 / smax) * batch / (n_batches - 1)
-
-
-def compensation(e: torch.Tensor, s: float, smax: float) -> torch.Tensor:
-    """HAT's Eq. 5 factor for the embeddings' gradients: ``smax (cosh(s e) + 1) / (s (cosh(e) + 1))``."""
-    return smax / s * (torch.cosh(torch.clamp(s * e, -THRES_COSH, THRES_COSH)) + 1.0) / (torch.cosh(e) + 1.0)
 
 
 # --------------------------------------------------------------------------------- the plugin
@@ -446,7 +434,7 @@ class CTR(Method):
         if isinstance(task_id, torch.Tensor) and task_id.dim() > 0:
             raise ValueError("ctr trains one task at a time; pass an int task id")
         t = int(task_id)
-        self.s = annealed_s(self.smax, self._batch, self._n_batches)
+        self.s = annealed_s(self._batch, self._n_batches, self.smax)
         self._batch += 1
         self.control.s = self.s
         loss = self.loss(self.model(x, t), y) + self.c * self.sparsity(self.gates(t, self.s))
@@ -481,11 +469,8 @@ class CTR(Method):
 
     def sparsity(self, gates: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """HAT's Eq. 6 without ``c``: mask on units still free, over the number of free units."""
-        flat = [g for pair in gates for g in pair]
-        if self.cumulative is None:
-            return sum(g.sum() for g in flat) / sum(g.numel() for g in flat)
-        free = [1.0 - g for pair in self.cumulative for g in pair]
-        return sum((g * f).sum() for g, f in zip(flat, free, strict=True)) / sum(f.sum() for f in free)
+        cumulative = None if self.cumulative is None else [g for pair in self.cumulative for g in pair]
+        return sparsity([g for pair in gates for g in pair], cumulative)
 
     def end_task(self, task: Task) -> None:
         with torch.no_grad():

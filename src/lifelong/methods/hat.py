@@ -51,6 +51,35 @@ from lifelong.seeding import mix_seed
 THRES_COSH = 50.0
 
 
+def annealed_s(batch: int, n_batches: int, smax: float) -> float:
+    """Eq. 3: ``1/smax`` at the first batch of an epoch (``batch=0``), ``smax`` at the last."""
+    if n_batches <= 1:
+        return smax
+    return 1.0 / smax + (smax - 1.0 / smax) * batch / (n_batches - 1)
+
+
+def sparsity(gates: list[torch.Tensor], cumulative: list[torch.Tensor] | None) -> torch.Tensor:
+    """Eq. 6 without ``c``: attention on the units still free, over the number of free units."""
+    if cumulative is None:
+        return sum(a.sum() for a in gates) / sum(a.numel() for a in gates)
+    free = [1.0 - a for a in cumulative]
+    return sum((a * f).sum() for a, f in zip(gates, free, strict=True)) / sum(f.sum() for f in free)
+
+
+def compensation(e: torch.Tensor, s: float, smax: float, thres_cosh: float = THRES_COSH) -> torch.Tensor:
+    """Eq. 5's factor for the embeddings' gradients: ``smax (cosh(clamp(s e)) + 1) / (s (cosh(e) + 1))``."""
+    return smax / s * (torch.cosh(torch.clamp(s * e, -thres_cosh, thres_cosh)) + 1.0) / (torch.cosh(e) + 1.0)
+
+
+@torch.no_grad()
+def compensate_(embeddings: list[torch.Tensor], s: float, smax: float,
+                thres_cosh: float = THRES_COSH) -> None:
+    """Eq. 5 on the embeddings' gradients, in place."""
+    for e in embeddings:
+        if e.grad is not None:
+            e.grad.mul_(compensation(e, s, smax, thres_cosh))
+
+
 @METHODS.register("hat")
 class HAT(Method):
     """Task-gated units with annealed hard attention; past tasks' weights are frozen by their masks."""
@@ -109,9 +138,7 @@ class HAT(Method):
 
     def annealed_s(self, batch: int, n_batches: int) -> float:
         """Eq. 3: ``1/smax`` at the first batch of an epoch, ``smax`` at the last."""
-        if n_batches <= 1:
-            return self.smax
-        return 1.0 / self.smax + (self.smax - 1.0 / self.smax) * batch / (n_batches - 1)
+        return annealed_s(batch, n_batches, self.smax)
 
     # ----------------------------------------------------------------------------- hooks
     def begin_task(self, task: Task) -> None:
@@ -144,10 +171,7 @@ class HAT(Method):
 
     def sparsity(self, gates: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 6 without ``c``: attention on units still free, over the number of free units."""
-        if self.cumulative is None:
-            return sum(a.sum() for a in gates) / sum(a.numel() for a in gates)
-        free = [1.0 - a for a in self.cumulative]
-        return sum((a * f).sum() for a, f in zip(gates, free, strict=True)) / sum(f.sum() for f in free)
+        return sparsity(gates, self.cumulative)
 
     @torch.no_grad()
     def _condition_gradients(self, task_id: int) -> None:
@@ -155,11 +179,7 @@ class HAT(Method):
         for p, mask in self._gradient_masks:
             if p.grad is not None:
                 p.grad.mul_(mask)
-        s = self.s
-        for e in self.embedding(task_id):
-            if e.grad is not None:
-                numerator = torch.cosh(torch.clamp(s * e, -THRES_COSH, THRES_COSH)) + 1.0
-                e.grad.mul_(self.smax / s * numerator / (torch.cosh(e) + 1.0))
+        compensate_(self.embedding(task_id), self.s, self.smax)
 
     def end_task(self, task: Task) -> None:
         with torch.no_grad():
