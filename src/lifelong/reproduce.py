@@ -23,6 +23,7 @@ from lifelong.methods import METHODS
 from lifelong.params import ParamError
 from lifelong.reproduce_orders import OrdersBenchmark, OrdersProtocol
 from lifelong.reproduce_ratio import RatioBenchmark, RatioMethod, RatioProtocol
+from lifelong.reproduce_mirzadeh import mirzadeh_protocols
 from lifelong.reproduce_sleep import SLEEP_PROTOCOL, SleepProtocol
 
 
@@ -315,6 +316,7 @@ PROTOCOLS["apd-order-robustness"] = OrdersProtocol(
 
 
 PROTOCOLS[SLEEP_PROTOCOL.name] = SLEEP_PROTOCOL
+PROTOCOLS.update(mirzadeh_protocols())
 
 
 def get_protocol(name: str) -> Protocol | RatioProtocol | OrdersProtocol | SleepProtocol:
