@@ -1,9 +1,10 @@
 """The training and evaluation loop: tasks in order, every task evaluated after every task.
 
 ``run(method, stream)`` returns a `Result` holding the accuracy matrix ``R[i][j]`` (accuracy on
-task ``j`` after training task ``i``), the untrained accuracies ``b[j]`` (for FWT), per-task timings,
-peak memory and the method's memory. Data stays in memory as tensors and minibatches are tensor
-slices, so the loop does no per-sample Python work.
+task ``j`` after training task ``i``), the macro-F1 matrix of the same predictions (over each task's
+classes), the untrained accuracies ``b[j]`` (for FWT), per-task timings and steps, peak memory
+and the method's memory. Data stays in memory as tensors and minibatches are tensor slices, so
+the loop does no per-sample Python work.
 
 Determinism: the batch order of task ``t``, epoch ``e`` comes from a generator seeded with
 ``(seed, t, e)`` and the global torch RNG (dropout) is re-seeded from ``(seed, t)`` before each
@@ -23,7 +24,7 @@ import torch
 from lifelong import memory
 from lifelong.benchmarks.stream import Stream, mask_logits
 from lifelong.methods.base import Method
-from lifelong.metrics import summary
+from lifelong.metrics import macro_f1, summary
 from lifelong.schedule import ValidationSchedule, restore, snapshot, validation_loss
 from lifelong.seeding import mix_seed
 
@@ -47,11 +48,17 @@ class Result:
     train_loss: list[float] = field(default_factory=list)
     #: epochs each task trained for (fewer than asked when a validation schedule stopped early)
     epochs_run: list[int] = field(default_factory=list)
+    #: optimisation steps (minibatches observed) of each task: ``train_seconds[t] / train_steps[t]``
+    #: is the cost of one step (empty in results recorded before it existed)
+    train_steps: list[int] = field(default_factory=list)
     untrained_eval_seconds: float = 0.0
     method_memory: list[dict[str, int]] = field(default_factory=list)
     #: the method's `report()` after each task (e.g. HAT's capacity and weight reuse)
     method_reports: list[dict[str, Any]] = field(default_factory=list)
     peak_memory_mb: float = 0.0
+    #: ``F[i, j]``: macro-F1 over task ``j``'s classes after training task ``i``, from the
+    #: predictions ``accuracy_matrix`` scores (None in results recorded before it existed)
+    f1_matrix: np.ndarray | None = None
 
     @property
     def tasks_done(self) -> int:
@@ -65,7 +72,12 @@ class Result:
     def metrics(self) -> dict[str, float]:
         if self.tasks_done == 0:
             return {}
-        return summary(self.accuracy_matrix[: self.tasks_done], self.untrained_accuracy)
+        out = summary(self.accuracy_matrix[: self.tasks_done], self.untrained_accuracy)
+        if self.f1_matrix is not None:
+            last = self.f1_matrix[self.tasks_done - 1, : self.tasks_done]
+            if not np.isnan(last).any():
+                out["macro_f1"] = float(np.mean(last))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         def matrix(m: np.ndarray | None):
@@ -75,6 +87,7 @@ class Result:
             "scenario": self.scenario,
             "task_names": self.task_names,
             "accuracy_matrix": matrix(self.accuracy_matrix),
+            **({} if self.f1_matrix is None else {"f1_matrix": matrix(self.f1_matrix)}),
             "untrained_accuracy": [_float(v) for v in self.untrained_accuracy],
             "metrics": self.metrics,
             "seconds": {
@@ -85,6 +98,7 @@ class Result:
             },
             "train_loss": self.train_loss,
             "epochs_run": self.epochs_run,
+            "train_steps": self.train_steps,
             "peak_memory_mb": self.peak_memory_mb,
             "method_memory": self.method_memory,
             "method_reports": self.method_reports,
@@ -118,10 +132,12 @@ class Result:
             eval_seconds=list(record["seconds"]["eval"]),
             train_loss=list(record["train_loss"]),
             epochs_run=list(record.get("epochs_run", [])),
+            train_steps=list(record.get("train_steps", [])),
             untrained_eval_seconds=record["seconds"]["untrained_eval"],
             method_memory=list(record["method_memory"]),
             method_reports=list(record.get("method_reports", [])),
             peak_memory_mb=record["peak_memory_mb"],
+            f1_matrix=matrix(record["f1_matrix"]) if record.get("f1_matrix") is not None else None,
         )
 
 
@@ -182,33 +198,39 @@ def run(
             scenario=stream.scenario,
             other_accuracy_matrix=nan.copy() if kind else None,
             other_kind=kind,
+            f1_matrix=nan.copy(),
         )
         start = time.perf_counter()
         result.untrained_accuracy[:] = evaluate(method, stream, eval_batch_size, device)[0]
         result.untrained_eval_seconds = time.perf_counter() - start
     else:
         result = resume
+        if result.f1_matrix is None:  # a checkpoint from before macro-F1: the rest gets it
+            result.f1_matrix = np.full((n_tasks, n_tasks), np.nan)
     for task in stream.tasks[result.tasks_done:]:
-        train_seconds, mean_loss, epochs_run = train_task(
+        train_seconds, mean_loss, epochs_run, steps = train_task(
             method, stream, task.id, epochs, batch_size, seed, device, progress, schedule
         )
         start = time.perf_counter()
-        primary, other = evaluate(method, stream, eval_batch_size, device, kind)
+        scores = score(method, stream, eval_batch_size, device, kind)
+        primary, other = scores.accuracy, scores.other
         eval_seconds = time.perf_counter() - start
         result.accuracy_matrix[task.id] = primary
+        result.f1_matrix[task.id] = scores.macro_f1
         if other is not None:
             result.other_accuracy_matrix[task.id] = other
         result.train_seconds.append(train_seconds)
         result.eval_seconds.append(eval_seconds)
         result.train_loss.append(mean_loss)
         result.epochs_run.append(epochs_run)
+        result.train_steps.append(steps)
         result.method_memory.append(method.memory())
         result.method_reports.append(method.report())
         result.peak_memory_mb = max(result.peak_memory_mb, memory.peak_mb())
         if progress:
             progress("task_end", {"task": task.id, "n_tasks": n_tasks, "loss": mean_loss,
-                                  "accuracy": primary, "train_seconds": train_seconds,
-                                  "eval_seconds": eval_seconds})
+                                  "accuracy": primary, "macro_f1": scores.macro_f1,
+                                  "train_seconds": train_seconds, "eval_seconds": eval_seconds})
         if on_task_end:
             on_task_end(task.id, result)
     return result
@@ -245,8 +267,9 @@ def train_task(
     device: str | torch.device,
     progress: ProgressCallback | None,
     schedule: ValidationSchedule | None = None,
-) -> tuple[float, float, int]:
-    """Run the method's hooks over one task; returns (seconds, mean minibatch loss, epochs run)."""
+) -> tuple[float, float, int, int]:
+    """Run the method's hooks over one task; returns (seconds, mean minibatch loss, epochs run,
+    optimisation steps)."""
     task = stream[task_id]
     torch.manual_seed(mix_seed(seed, task_id))
     start = time.perf_counter()
@@ -284,7 +307,7 @@ def train_task(
         plateau.restore_best()
     method.end_task(task)
     seconds = time.perf_counter() - start
-    return seconds, float(total_loss) / (n_batches * epochs_run), epochs_run
+    return seconds, float(total_loss) / (n_batches * epochs_run), epochs_run, n_batches * epochs_run
 
 
 class Plateau:
@@ -320,7 +343,16 @@ class Plateau:
         self.method.set_lr_scale(1.0)
 
 
-@torch.no_grad()
+@dataclass
+class Scores:
+    """One evaluation of every task: accuracies (the scenario's own and optionally the other) and
+    the macro-F1 of the scenario's own predictions, each ``(T,)`` with NaN for tasks not scored."""
+
+    accuracy: np.ndarray
+    other: np.ndarray | None
+    macro_f1: np.ndarray
+
+
 def evaluate(
     method: Method,
     stream: Stream,
@@ -333,11 +365,32 @@ def evaluate(
 
     Task- and domain-incremental streams give the task id (scored over the task's units);
     class-incremental streams give none (scored over all units). ``only`` restricts the
-    evaluation to those task ids (the others are NaN).
+    evaluation to those task ids (the others are NaN). `score` also gives the macro-F1.
+    """
+    scores = score(method, stream, eval_batch_size, device, other, only)
+    return scores.accuracy, scores.other
+
+
+@torch.no_grad()
+def score(
+    method: Method,
+    stream: Stream,
+    eval_batch_size: int = 1000,
+    device: str | torch.device = "cpu",
+    other: str | None = None,
+    only: Sequence[int] | None = None,
+) -> Scores:
+    """`evaluate`'s accuracies plus each task's macro-F1 over its classes (``task_units``).
+
+    The macro-F1 scores the predictions the scenario's own accuracy counts (same masking): a
+    confusion matrix over the task's ``k`` classes plus one bin for any other unit (a prediction
+    outside the task's classes, possible without the task id, is a false negative) is accumulated
+    on the device, one ``bincount`` per batch, and read once per task (`metrics.macro_f1`).
     """
     method.set_training(False)
     layout = stream.layout
     primary = np.full(stream.n_tasks, np.nan)
+    f1 = np.full(stream.n_tasks, np.nan)
     secondary = np.full(stream.n_tasks, np.nan) if other else None
     need_aware = stream.scenario != "class" or other == "task_aware"
     need_agnostic = stream.scenario == "class" or other == "task_agnostic"
@@ -345,24 +398,31 @@ def evaluate(
         if only is not None and task.id not in only:
             continue
         aware_mask, agnostic_mask = layout.eval_mask(task.id), layout.eval_mask(None)
+        classes = layout.task_units[task.id]
+        k = len(classes)
+        local = torch.full((layout.n_units,), k, dtype=torch.long, device=device)
+        local[torch.tensor(classes, dtype=torch.long, device=device)] = torch.arange(k, device=device)
+        confusion = torch.zeros((k + 1) * (k + 1), dtype=torch.long, device=device)
         aware_correct = agnostic_correct = 0
         for start in range(0, len(task.y_test), eval_batch_size):
             x = task.x_test[start:start + eval_batch_size].to(device)
             y = task.y_test[start:start + eval_batch_size].to(device)
             shared = None if method.task_conditioned else method.predict(x, None)
+            aware_pred = agnostic_pred = None
             if need_aware:
                 logits = shared if shared is not None else method.predict(x, task.id)
-                aware_correct += _correct(logits, aware_mask, y)
+                aware_pred = mask_logits(logits, aware_mask).argmax(1)
+                aware_correct += int((aware_pred == y).sum())
             if need_agnostic:
                 logits = shared if shared is not None else method.predict(x, None)
-                agnostic_correct += _correct(logits, agnostic_mask, y)
+                agnostic_pred = mask_logits(logits, agnostic_mask).argmax(1)
+                agnostic_correct += int((agnostic_pred == y).sum())
+            pred = agnostic_pred if stream.scenario == "class" else aware_pred
+            confusion += torch.bincount(local[y] * (k + 1) + local[pred], minlength=(k + 1) ** 2)
         n = max(1, len(task.y_test))
         aware, agnostic = aware_correct / n, agnostic_correct / n
         primary[task.id] = agnostic if stream.scenario == "class" else aware
+        f1[task.id] = macro_f1(confusion.view(k + 1, k + 1).cpu().numpy(), range(k))
         if secondary is not None:
             secondary[task.id] = aware if other == "task_aware" else agnostic
-    return primary, secondary
-
-
-def _correct(logits: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -> int:
-    return int((mask_logits(logits, mask).argmax(1) == y).sum())
+    return Scores(primary, secondary, f1)

@@ -17,6 +17,10 @@ its first ``t`` tasks. Definitions:
 - Order-normalised performance disparity (Yoon et al. 2020, APD, Sec. 4): for task ``t`` trained
   under ``R`` task orders, ``OPD_t = max_r A^r_t - min_r A^r_t`` with ``A^r_t`` its final accuracy
   under order ``r``; MOPD is the largest ``OPD_t``, AOPD their mean.
+
+Beside the accuracy, the engine scores every task after every task by its macro-F1
+(`macro_f1`, CTR's second measure, Ke et al. 2021): the mean over the task's classes of
+``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, from the same predictions the accuracy counts.
 """
 
 from __future__ import annotations
@@ -117,6 +121,32 @@ def order_disparity(final_accuracies) -> dict[str, float | list[float]]:
         raise ValueError("some task has no final accuracy under some order (unfinished run?)")
     opd = A.max(axis=0) - A.min(axis=0)
     return {"opd": opd.tolist(), "mopd": float(opd.max()), "aopd": float(opd.mean())}
+
+
+def macro_f1(confusion, classes=None) -> float:
+    """Macro-F1 from a confusion matrix: the mean over ``classes`` of each class's F1.
+
+    ``confusion[i, j]`` counts the examples of true class ``i`` predicted as ``j`` (square, ``C x
+    C``); ``classes`` are the row indices to average over (default: all ``C``). Rows and columns
+    outside ``classes`` still count: a prediction of such a class is a false negative of the true
+    class. ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``, which is ``2 P R / (P + R)``; a class with
+    no true example and no prediction (0 / 0), like a class never predicted, scores 0
+    (scikit-learn's ``f1_score(average="macro", labels=classes, zero_division=0)``).
+    """
+    C = np.asarray(confusion, dtype=float)
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or C.shape[0] < 1:
+        raise ValueError(f"confusion must be a square (C, C) matrix, got shape {C.shape}")
+    if (C < 0).any():
+        raise ValueError("confusion holds negative counts")
+    index = np.arange(len(C)) if classes is None else np.asarray(list(classes), dtype=int)
+    if index.size == 0 or index.min() < 0 or index.max() >= len(C):
+        raise ValueError(f"classes={list(index)} must be a non-empty list of indices below {len(C)}")
+    tp = np.diag(C)[index]
+    fp = C.sum(axis=0)[index] - tp
+    fn = C.sum(axis=1)[index] - tp
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return float(f1.mean())
 
 
 def summary(R, b=None, convention: Convention = "paper") -> dict[str, float]:
