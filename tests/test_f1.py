@@ -171,3 +171,18 @@ def test_score_and_evaluate_agree():
     only = engine.score(method, stream, only=[1])
     assert np.isnan(only.accuracy[0]) and np.isnan(only.macro_f1[0])
     assert only.macro_f1[1] == pytest.approx(0.4)
+
+
+class OverreachingMethod(PointingMethod):
+    """A model with one output more than the stream: for task 1's inputs that extra unit wins."""
+
+    def predict(self, x, task_id=None):
+        return torch.cat([super().predict(x, task_id), 2.0 * x[:, N_UNITS:]], dim=1)
+
+
+def test_a_predicted_unit_beyond_the_layout_is_a_miss():
+    stream = build_stream("pointing", "class", _parts(), (N_UNITS + 1,))
+    result = engine.run(OverreachingMethod(), stream, batch_size=2)
+    f_task0 = (6 / 8 + 0.0) / 2  # task 0's inputs carry marker 0: the extra unit never wins
+    np.testing.assert_allclose(result.f1_matrix, [[f_task0, 0.0], [f_task0, 0.0]])
+    np.testing.assert_allclose(result.accuracy_matrix, [[0.6, 0.0], [0.6, 0.0]])

@@ -418,7 +418,9 @@ def score(
                 agnostic_pred = mask_logits(logits, agnostic_mask).argmax(1)
                 agnostic_correct += int((agnostic_pred == y).sum())
             pred = agnostic_pred if stream.scenario == "class" else aware_pred
-            confusion += torch.bincount(local[y] * (k + 1) + local[pred], minlength=(k + 1) ** 2)
+            # a unit beyond the layout (a model with more outputs than the stream) counts as "other"
+            pred_local = torch.where(pred < local.numel(), local[pred.clamp(max=local.numel() - 1)], k)
+            confusion += torch.bincount(local[y] * (k + 1) + pred_local, minlength=(k + 1) ** 2)
         n = max(1, len(task.y_test))
         aware, agnostic = aware_correct / n, agnostic_correct / n
         primary[task.id] = agnostic if stream.scenario == "class" else aware
