@@ -173,16 +173,20 @@ def test_score_and_evaluate_agree():
     assert only.macro_f1[1] == pytest.approx(0.4)
 
 
-class OverreachingMethod(PointingMethod):
-    """A model with one output more than the stream: for task 1's inputs that extra unit wins."""
+
+class LogitsAreInputs(PointingMethod):
+    """Returns its input as logits: three outputs on a stream of two units."""
 
     def predict(self, x, task_id=None):
-        return torch.cat([super().predict(x, task_id), 2.0 * x[:, N_UNITS:]], dim=1)
+        return x
 
 
 def test_a_predicted_unit_beyond_the_layout_is_a_miss():
-    stream = build_stream("pointing", "class", _parts(), (N_UNITS + 1,))
-    result = engine.run(OverreachingMethod(), stream, batch_size=2)
-    f_task0 = (6 / 8 + 0.0) / 2  # task 0's inputs carry marker 0: the extra unit never wins
-    np.testing.assert_allclose(result.f1_matrix, [[f_task0, 0.0], [f_task0, 0.0]])
-    np.testing.assert_allclose(result.accuracy_matrix, [[0.6, 0.0], [0.6, 0.0]])
+    # one class-incremental task of 2 units (so no mask is applied); predictions 0, 2, 1, 2
+    x = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 0, 1]])
+    y = torch.tensor([0, 0, 1, 1])
+    stream = build_stream("wide", "class", [("t0", x, y, x.clone(), y.clone())], (3,))
+    result = engine.run(LogitsAreInputs(), stream, batch_size=2)
+    # class 0: TP 1, FN 1 -> 2/3; class 1: TP 1, FN 1 -> 2/3; unit 2 is no class: only misses
+    np.testing.assert_allclose(result.f1_matrix, [[2 / 3]])
+    np.testing.assert_allclose(result.accuracy_matrix, [[0.5]])
