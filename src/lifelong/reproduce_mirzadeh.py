@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 MLP_256 = {"hidden": [256, 256]}
 
 #: average accuracy after the 20th task in the MC-SGD paper's comparison (its baselines: the Stable
-#: SGD paper's Table 2): naive SGD, EWC, A-GEM, ER-Reservoir, Stable SGD, MC-SGD
+#: SGD paper's Table 2): naive SGD, EWC, A-GEM, ER-Reservoir, Stable SGD, MC-SGD. The MC-SGD and
+#: Stable SGD numbers are the issue's; the baselines' are the Stable SGD paper's Table 2 as we
+#: read it before (its stored copies here hold no table text): check them against arXiv 2006.06958
+#: Table 2 and 2010.04495 Table 1 before quoting them.
 PAPER_ACC = {
     "permuted-mnist": {"finetune": 0.444, "ewc": 0.707, "agem": 0.657, "replay": 0.724,
                        "stable-sgd": 0.801, "mc-sgd": 0.853},
