@@ -24,6 +24,7 @@ from lifelong.params import ParamError
 from lifelong.reproduce_mirzadeh import mirzadeh_protocols
 from lifelong.reproduce_orders import OrdersBenchmark, OrdersProtocol
 from lifelong.reproduce_ratio import RatioBenchmark, RatioMethod, RatioProtocol
+from lifelong.reproduce_remind import REMIND_BUDGET, BudgetProtocol
 from lifelong.reproduce_sleep import SLEEP_PROTOCOL, SleepProtocol
 from lifelong.reproduce_text import CTR_PROTOCOLS, TextProtocol
 
@@ -145,7 +146,10 @@ def _gem(benchmark: str, single_lr: float, independent_lr: float, gem_acc: float
     )
 
 
-PROTOCOLS: dict[str, Protocol | RatioProtocol | OrdersProtocol | SleepProtocol | TextProtocol] = {
+#: every kind of protocol `lifelong reproduce` runs
+AnyProtocol = Protocol | RatioProtocol | OrdersProtocol | SleepProtocol | TextProtocol | BudgetProtocol
+
+PROTOCOLS: dict[str, AnyProtocol] = {
     p.name: p for p in (
         _gem("permuted-mnist", single_lr=0.03, independent_lr=0.03, gem_acc=0.83,
              ewc={"lr": 0.1, "lamb": 6.0, "fisher_samples": 10, "fisher_batch": None}),
@@ -306,9 +310,10 @@ PROTOCOLS["apd-order-robustness"] = OrdersProtocol(
 PROTOCOLS[SLEEP_PROTOCOL.name] = SLEEP_PROTOCOL
 PROTOCOLS.update(mirzadeh_protocols())
 PROTOCOLS.update(CTR_PROTOCOLS)
+PROTOCOLS[REMIND_BUDGET.name] = REMIND_BUDGET
 
 
-def get_protocol(name: str) -> Protocol | RatioProtocol | OrdersProtocol | SleepProtocol | TextProtocol:
+def get_protocol(name: str) -> AnyProtocol:
     if name not in PROTOCOLS:
         raise ParamError(f"protocol={name!r} is unknown; allowed values: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
