@@ -1,6 +1,6 @@
 """REMIND's claim at a byte budget: compressed latent replay beats raw replay with the same memory.
 
-    lifelong reproduce remind-budget [--seeds 0,1,2] [--record]     (once registered)
+    lifelong reproduce remind-budget [--seeds 0,1,2] [--record]
 
 Hayes et al. (ECCV 2020, "REMIND Your Neural Network to Prevent Catastrophic Forgetting") compare
 REMIND with raw-image replay at equal memory: their 1.5 GB of product-quantised codes (959,665
