@@ -276,15 +276,19 @@ PROTOCOLS["apd-order-robustness"] = OrdersProtocol(
         "shuffles) for each seed; MLP 784-100-100 (GEM's); 20 epochs of minibatches of 100 per "
         "task (the APD code's); every method at its own defaults (`lifelong list`: APD and DEN "
         "Adam 1e-3 with 0.95 decay per epoch as their codes, the others plain SGD at their papers' "
-        "rates). ACC: mean final accuracy over tasks; capacity: parameters needed after the last "
+        "rates) except APD's lambda1 on permuted MNIST, 1e-3 for its default 4e-4 (the code sets "
+        "it per dataset; chosen on seed 0, order 0 by capacity alone). ACC: mean final accuracy over tasks; capacity: parameters needed after the last "
         "task relative to one network (APD and DEN count non-zero ones, the others all they hold); "
         "MOPD / AOPD: largest / mean over tasks of max minus min final accuracy over the 5 orders, "
         "in points, per seed, then mean ± std over seeds."),
     benchmarks=(
         OrdersBenchmark("split-mnist", APD_SPLIT),
         OrdersBenchmark("split-fashion-mnist", APD_SPLIT),
+        # permuted tasks share no first-layer features: APD's sparsity chosen per benchmark, as the
+        # APD code does per dataset (l1_hyp 4e-4 CIFAR-100 Split, 6e-4 Superclass); see the notes
         OrdersBenchmark("permuted-mnist", {"n_tasks": 5, "scenario": "task", "train_per_task": 12000,
-                                            "test_per_task": 2000}),
+                                            "test_per_task": 2000},
+                        method_params={"apd": {"lambda1": 1e-3}}),
     ),
     methods=(RatioMethod("apd"), RatioMethod("independent"), RatioMethod("finetune"), RatioMethod("ewc"),
              RatioMethod("pnn"), RatioMethod("den"), RatioMethod("hat")),
