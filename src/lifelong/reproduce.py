@@ -324,7 +324,11 @@ PROTOCOLS["apd-order-robustness"] = OrdersProtocol(
         "per task makes what a task learns depend more on what came before it. On permuted MNIST "
         "lambda1 1e-3 cuts capacity from 2.00x to 1.29x and raises MOPD from 2.45 to 4.47; at 2000 "
         "images per task on split MNIST 2e-3 cut it from 1.82x to 1.24x and raised MOPD from 0.78 "
-        "to 1.87. No setting here meets all three goals."
+        "to 1.87. The other way, on whole split MNIST lambda1 = 1e-4 gives MOPD 0.50 ± 0.07 "
+        "(below HAT's 0.60, above PNN's 0.30 and independent's 0.25) at 1.58x, ACC 99.72% "
+        "(seeds 0-1 x 5 orders: `lifelong orders --benchmark split-mnist --method apd --epochs 20 "
+        "--batch-size 100 --param train_per_task=none --param test_per_task=2000 --param "
+        "lambda1=1e-4 --seeds 0,1`). No setting here meets all three goals."
     ),
 )
 
