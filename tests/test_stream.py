@@ -38,6 +38,16 @@ def test_masks_per_scenario():
     assert layout.replay_mask(0, 1).tolist() == [True, True, True, True, False, False]
 
 
+def test_replay_masks_stack_each_earlier_tasks_units():
+    T, F = True, False
+    task = HeadLayout("task", 6, ((0, 1), (2, 3), (4, 5)))
+    assert task.replay_masks(1).tolist() == [[T, T, F, F, F, F], [F, F, T, T, F, F]]
+    cls = HeadLayout("class", 6, ((0, 1), (2, 3), (4, 5)))
+    assert cls.replay_masks(1).tolist() == [[T, T, T, T, F, F]] * 2  # every unit seen so far
+    assert cls.replay_masks(2) is None  # all units seen: nothing to mask
+    assert HeadLayout("domain", 2, ((0, 1),) * 3).replay_masks(2) is None
+
+
 def test_mask_logits_pushes_other_units_down():
     logits = torch.tensor([[5.0, 1.0, 2.0]])
     masked = mask_logits(logits, torch.tensor([False, True, True]))

@@ -89,6 +89,17 @@ class HeadLayout:
             return self.train_mask(sample_task)
         return self.train_mask(current_task)
 
+    def replay_masks(self, current_task: int) -> torch.Tensor | None:
+        """Row ``t``: `replay_mask` of an example of task ``t <= current_task`` (``None``: no mask).
+
+        The (tasks, units) lookup replay methods index with a batch's task ids.
+        """
+        masks = [self.replay_mask(t, current_task) for t in range(current_task + 1)]
+        if all(mask is None for mask in masks):
+            return None
+        full = torch.ones(self.n_units, dtype=torch.bool)
+        return torch.stack([full if mask is None else mask for mask in masks])
+
     def eval_mask(self, task_id: int | None) -> torch.Tensor | None:
         """Units scored at test time: the task's own units when the task id is given, else all."""
         if task_id is None:

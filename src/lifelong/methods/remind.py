@@ -268,13 +268,9 @@ class Remind(Method):
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(self.seed)
         super().begin_task(task)
-        masks = [task.layout.replay_mask(t, task.id) for t in range(task.id + 1)]
-        if all(mask is None for mask in masks):
-            self.sample_masks = None
-        else:
-            full = torch.ones(task.layout.n_units, dtype=torch.bool)
-            device = next(self.model.parameters()).device
-            self.sample_masks = torch.stack([full if m is None else m for m in masks]).to(device)
+        # row t: the units an example of task t is scored over while this task trains
+        masks = task.layout.replay_masks(task.id)
+        self.sample_masks = None if masks is None else masks.to(next(self.model.parameters()).device)
 
     def begin_epoch(self, epoch: int, n_batches: int) -> None:
         self.epoch = epoch

@@ -62,13 +62,8 @@ class Replay(Method):
             self.episodic = self.make_buffer(task)
             self.generator = torch.Generator().manual_seed(self.seed)
         # row t: the units an example of task t is scored over while this task trains
-        masks = [task.layout.replay_mask(t, task.id) for t in range(task.id + 1)]
-        if all(mask is None for mask in masks):
-            self.sample_masks = None
-        else:
-            full = torch.ones(task.layout.n_units, dtype=torch.bool)
-            device = next(self.model.parameters()).device
-            self.sample_masks = torch.stack([full if m is None else m for m in masks]).to(device)
+        masks = task.layout.replay_masks(task.id)
+        self.sample_masks = None if masks is None else masks.to(next(self.model.parameters()).device)
 
     def make_buffer(self, task: Task) -> ReservoirBuffer | TaskRingBuffer:
         units = [len(u) for u in task.layout.task_units]
