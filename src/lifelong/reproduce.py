@@ -37,6 +37,8 @@ class MethodSetting:
     params: dict[str, Any] = field(default_factory=dict)
     model_params: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: this method's minibatch when its paper ran it at another than the protocol's (None: the protocol's)
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class Protocol:
         return [
             RunConfig(benchmark=self.benchmark, method=m.method, benchmark_params=self.benchmark_params,
                       method_params=m.params, model_params={**self.model_params, **m.model_params},
-                      epochs=self.epochs, batch_size=self.batch_size, seed=seed)
+                      epochs=self.epochs, batch_size=m.batch_size or self.batch_size, seed=seed)
             for m in self.methods if m.method in METHODS for seed in seeds
         ]
 
