@@ -41,8 +41,8 @@ class Joint(Method):
             self.optimizer = None
         super().begin_task(task)
         self.seen[task.id] = (task.x_train, task.y_train)
-        masks = [task.layout.replay_mask(t, task.id) for t in self.seen]
-        self.sample_masks = None if masks[0] is None else torch.stack(masks)
+        # row t: the units an example of task t is scored over (tasks arrive in order: seen = 0..t)
+        self.sample_masks = task.layout.replay_masks(task.id)
 
     def training_data(self, task: Task):
         x = torch.cat([x for x, _ in self.seen.values()])
