@@ -90,7 +90,7 @@ def test_line_objective_and_step_direction_match_a_hand_computation(line_gradien
 
 
 def test_one_mc_step_starts_on_the_line_and_moves_by_mc_lr_times_the_direction():
-    method, old, new = _linear_case(line_samples=4, init_position=0.25, mc_lr=0.1, mc_steps=1)
+    method, old, new = _linear_case(line_samples=4, init_position=0.25, mc_lr=0.1, mc_epochs=1)
     with torch.no_grad():
         method.model.head.weight.add_(1.0)  # w^_t: the continual solution moved away from w-_{t-1}
     previous = {k: v.detach().clone() for k, v in method.merged.named_parameters()}
@@ -107,9 +107,47 @@ def test_one_mc_step_starts_on_the_line_and_moves_by_mc_lr_times_the_direction()
     assert after < before  # a small step down the objective
 
 
+def test_minibatch_pass_steps_on_each_lines_minibatch_then_on_the_longer_line_alone():
+    """mc_batch_size=5 over 5 old and 6 new examples: step 1 on old[perm[:5]] and new[perm[:5]],
+    step 2 on the new line's last example alone (the code's last train_task_LMC_offline)."""
+    method, old, new = _linear_case(line_samples=2, init_position=0.5, mc_lr=0.2, momentum=0.0,
+                                    mc_batch_size=5)
+    with torch.no_grad():
+        method.model.head.weight.add_(1.0)
+    method.generator = torch.Generator().manual_seed(3)
+    replay = torch.Generator().manual_seed(3)
+    perm_old, perm_new = torch.randperm(5, generator=replay), torch.randperm(6, generator=replay)
+    previous = {k: v.detach().clone() for k, v in method.merged.named_parameters()}
+    continual = {k: v.detach().clone() for k, v in method.model.named_parameters()}
+    w = {k: previous[k] + 0.5 * (continual[k] - previous[k]) for k in previous}
+
+    def part(examples, index):
+        return examples[0][index], examples[1][index], None
+
+    _, d1 = method.line_loss([(previous, part(old, perm_old)), (continual, part(new, perm_new[:5]))], w)
+    w = {k: w[k] - 0.2 * d1[k] for k in w}
+    _, d2 = method.line_loss([(continual, part(new, perm_new[5:]))], w)
+    w = {k: w[k] - 0.2 * d2[k] for k in w}
+    method.connect(old, new)
+    for name, p in method.merged.named_parameters():
+        torch.testing.assert_close(p.detach(), w[name])
+
+
+def test_minibatches_as_large_as_the_sets_make_the_full_batch_step():
+    results = []
+    for batch in (None, 64):
+        method, old, new = _linear_case(line_samples=3, mc_lr=0.1, mc_batch_size=batch)
+        with torch.no_grad():
+            method.model.head.weight.add_(1.0)
+        method.generator = torch.Generator().manual_seed(0)
+        method.connect(old, new)
+        results.append(method.merged.head.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_exact_gradient_steps_lower_the_line_objective_and_the_old_memory_loss():
     stream = build_stream("dir", "domain", directions_parts(n_tasks=2), (1, 4, 4))
-    method = _mc(stream, hidden=(4,), lr=0.1, line_gradient="objective", mc_steps=30, mc_lr=0.05,
+    method = _mc(stream, hidden=(4,), lr=0.1, line_gradient="objective", mc_epochs=30, mc_lr=0.05,
                  init_position=0.5, memory_per_task=40)
     engine.run(method, stream, epochs=3, batch_size=8)
     start, end = method.last_line_loss
@@ -189,7 +227,7 @@ def test_works_in_the_class_scenario():
 
 @pytest.mark.parametrize("values, message", [
     ({"line_samples": 0}, "line_samples"), ({"init_position": 1.5}, "init_position"),
-    ({"init_position": -0.1}, "init_position"), ({"mc_lr": 0.0}, "mc_lr"), ({"mc_steps": 0}, "mc_steps"),
+    ({"init_position": -0.1}, "init_position"), ({"mc_lr": 0.0}, "mc_lr"), ({"mc_epochs": 0}, "mc_epochs"), ({"mc_batch_size": 0}, "mc_batch_size"),
     ({"memory_per_task": 0}, "memory_per_task"), ({"current_examples": 0}, "current_examples"),
     ({"gamma": 0.0}, "gamma"), ({"momentum": 1.0}, "momentum"), ({"line_gradient": "mean"}, "line_gradient"),
     ({"continue_from": "init"}, "continue_from"), ({"lr": -0.1}, "lr"),

@@ -93,7 +93,7 @@ def _protocol(bench: str, stable: dict[str, Any], mc: dict[str, Any], stable_not
     acc = PAPER_ACC[bench]
     merged_mc = {"lr": 0.05, "gamma": 0.8, "momentum": 0.8, "min_lr": 1e-3, "memory_per_task": 10,
                  "current_examples": 200, "line_samples": 5, "init_position": 0.5, "mc_lr": 0.15,
-                 "mc_steps": 1, **mc}
+                 "mc_epochs": 1, **mc}
     return Protocol(
         name=f"mirzadeh-{bench}",
         paper="Mirzadeh, Farajtabar, Pascanu & Ghasemzadeh, Understanding the Role of Training "

@@ -17,9 +17,13 @@ task, ``L_t``), approximated as the code does:
 - points: ``a = 0, 1/n, ..., 1`` (``np.arange(0.0, 1.01, 1.0 / lmc_line_samples)``), both ends
   included; the loss at a point is the mean cross-entropy over the whole set, in eval mode (no
   dropout), each memory example over its ``layout.replay_mask``;
-- the optimisation is ``mc_steps`` SGD steps (momentum ``momentum``, rate ``mc_lr``; the code's
-  ``lmc_epochs=1``: one full-batch step), started at ``w-_{t-1} + init_position (w^_t - w-_{t-1})``
-  (the code's ``lcm_init_position``);
+- the optimisation is ``mc_epochs`` passes of SGD (momentum ``momentum``, rate ``mc_lr``; the
+  code's ``lmc_epochs``), started at ``w-_{t-1} + init_position (w^_t - w-_{t-1})`` (the code's
+  ``lcm_init_position``). With ``mc_batch_size=None`` (default) a pass is one full-batch step, as
+  in the code's first versions and CL-Gym; with ``mc_batch_size=B`` it is one step per minibatch,
+  as in the code's last ``train_task_LMC_offline``: both sets shuffled and cut into minibatches of
+  ``B`` (its ``lmc_batch_size``), step ``i`` on minibatch ``i`` of each line while both last, then
+  on the longer one's alone;
 - the step's direction (``line_gradient``): ``"points"`` (default, the code) applies the mean over
   points of the gradients of the loss taken at each point, ``1/(n+1) sum_k grad L(p_k)``, to ``w``;
   ``"objective"`` is the exact gradient of the objective above, whose chain rule weighs the point
@@ -50,7 +54,7 @@ Defaults: the rotated-MNIST configuration of the research code (github
 imirzadeh/CL-LinearModeConnectivity ``experiment_2.py``, 20 tasks, MLP 784-256-256-10):
 ``lr=0.05`` (``seq_lr``), ``gamma=0.8`` (``lr_decay``), ``momentum=0.8``, ``min_lr=1e-3``,
 ``memory_per_task=10`` (``memory_size=200`` over 20 tasks), ``current_examples=200``,
-``line_samples=5``, ``mc_lr=0.15`` (``lmc_lr``), ``mc_steps=1`` (``lmc_epochs``); its minibatch
+``line_samples=5``, ``mc_lr=0.15`` (``lmc_lr``), ``mc_epochs=1`` (``lmc_epochs``); its minibatch
 was 16 (``seq_batch_size``), the papers' protocol says 10. Except ``init_position=0.5``: that
 configuration's ``lcm_init_position=0.05`` leaves ``w-`` 95% at the previous solution after a
 single step, so it hardly learns a new task: on the first 5 tasks of permuted / rotated MNIST
@@ -102,7 +106,8 @@ class MCSGD(Method):
         line_samples: Annotated[int, AtLeastOne] = 5,
         init_position: Annotated[float, UnitInterval] = 0.5,
         mc_lr: Annotated[float, Positive] = 0.15,
-        mc_steps: Annotated[int, AtLeastOne] = 1,
+        mc_epochs: Annotated[int, AtLeastOne] = 1,
+        mc_batch_size: Annotated[int, AtLeastOne] | None = None,
         line_gradient: Literal["points", "objective"] = "points",
         continue_from: Literal["continual", "mc"] = "continual",
         seed: int = 0,
@@ -116,7 +121,8 @@ class MCSGD(Method):
         self.line_samples = line_samples
         self.init_position = init_position
         self.mc_lr = mc_lr
-        self.mc_steps = mc_steps
+        self.mc_epochs = mc_epochs
+        self.mc_batch_size = mc_batch_size
         self.line_gradient = line_gradient
         self.continue_from = continue_from
         self.merged: nn.Module | None = None  # w-: the MC-SGD solution, once a task has ended
@@ -205,6 +211,23 @@ class MCSGD(Method):
                 total += float(loss.detach()) / (n + 1)
         return total, direction
 
+    def minibatches(self, anchors: list[tuple[dict[str, torch.Tensor], Examples]]):
+        """The lines' examples for each step of one pass: all of them at once (``mc_batch_size``
+        None), or minibatch ``i`` of each line's shuffled set for step ``i`` while that set lasts."""
+        if self.mc_batch_size is None:
+            yield anchors
+            return
+        chunks = []
+        for anchor, (x, y, mask) in anchors:
+            order = torch.randperm(len(y), generator=self.generator).to(y.device)
+            pieces = []
+            for index in order.split(self.mc_batch_size):
+                per_example = mask is not None and mask.dim() == 2
+                pieces.append((anchor, (x[index], y[index], mask[index] if per_example else mask)))
+            chunks.append(pieces)
+        for i in range(max(len(pieces) for pieces in chunks)):
+            yield [pieces[i] for pieces in chunks if i < len(pieces)]
+
     def connect(self, old: Examples, current: Examples) -> tuple[float, float]:
         """Replace ``merged`` (``w-_{t-1}``) by ``w-_t``; returns the line objective before and after."""
         previous = {name: p.detach().clone() for name, p in self.merged.named_parameters()}
@@ -220,13 +243,13 @@ class MCSGD(Method):
         optimizer = torch.optim.SGD(parameters.values(), lr=self.mc_lr, momentum=self.momentum)
         was_training = self.merged.training
         self.merged.eval()
-        start = None
-        for _ in range(self.mc_steps):
-            value, direction = self.line_loss(anchors, parameters)
-            start = value if start is None else start
-            for name, p in parameters.items():
-                p.grad = direction[name]
-            optimizer.step()
+        start, _ = self.line_loss(anchors, parameters)
+        for _ in range(self.mc_epochs):
+            for step_anchors in self.minibatches(anchors):
+                _, direction = self.line_loss(step_anchors, parameters)
+                for name, p in parameters.items():
+                    p.grad = direction[name]
+                optimizer.step()
         end, _ = self.line_loss(anchors, parameters)
         for p in parameters.values():
             p.grad = None
