@@ -17,21 +17,25 @@ def test_protocols_resolve_every_run_with_the_papers_setup():
         assert sorted(r.method for r in runs) == sorted(PAPER_ACC[protocol.benchmark])
         for config in runs:
             resolved = config.resolved()  # raises on a bad parameter
-            # the baselines at the protocol's 10; Stable SGD at its author's 64, MC-SGD at its code's 16
-            batch = {"stable-sgd": 64, "mc-sgd": 16}.get(config.method, 10)
+            # the baselines at the protocol's 10; Stable SGD at its author's 64, MC-SGD on its chain
+            batch = {"stable-sgd": 64, "mc-sgd": 64}.get(config.method, 10)
             assert resolved["epochs"] == 1 and resolved["batch_size"] == batch
             bench = resolved["benchmark_params"]
             assert bench["n_tasks"] == 20 and bench["train_per_task"] is None
             assert bench["test_per_task"] is None and bench["scenario"] == "domain"
             model = resolved["model_params"]
             assert list(model["hidden"]) == [256, 256]
-            assert model["dropout"] == (0.25 if config.method == "stable-sgd" else 0.0)
+            assert model["dropout"] == (0.25 if config.method in ("stable-sgd", "mc-sgd") else 0.0)
         assert protocol.paper_numbers["mc-sgd"]["acc"] == {"mirzadeh-permuted-mnist": 0.853,
                                                           "mirzadeh-rotated-mnist": 0.823}[name]
     stable = {p.name: next(m for m in p.methods if m.method == "stable-sgd").params
               for p in protocols.values()}
     assert stable["mirzadeh-permuted-mnist"] == {"lr": 0.1, "gamma": 0.8}
     assert stable["mirzadeh-rotated-mnist"] == {"lr": 0.1, "gamma": 0.55}
+    mc = {p.name: next(m for m in p.methods if m.method == "mc-sgd").params for p in protocols.values()}
+    for name, params in mc.items():  # MC-SGD's chain is Stable SGD's; its line step the code's last
+        assert params["lr"] == 0.1 and params["gamma"] == stable[name]["gamma"]
+        assert params["mc_batch_size"] == 16 and params["mc_epochs"] == 1
 
 
 def test_goals_judge_mc_sgd_against_the_paper():
