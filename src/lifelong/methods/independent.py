@@ -16,6 +16,7 @@ from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
+from lifelong.methods.optimizers import OptimizerName, build_optimizer
 from lifelong.methods.registry import METHODS
 from lifelong.params import Positive
 
@@ -32,11 +33,16 @@ class Independent(Method):
         model: nn.Module,
         lr: Annotated[float, Positive] = 0.03,
         init_from_previous: bool = False,
+        optimizer: OptimizerName = "sgd",
         seed: int = 0,
     ) -> None:
         super().__init__(model, lr, seed)
+        self.optimizer_name = optimizer
         self.init_from_previous = init_from_previous
         self.nets: dict[int, nn.Module] = {}
+
+    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
+        return build_optimizer(self.optimizer_name, parameters, self.lr)
 
     def net(self, task_id: int) -> nn.Module:
         """Task ``task_id``'s network, created (untrained, from ``seed + task_id``) on first use."""
