@@ -227,7 +227,8 @@ def test_works_in_the_class_scenario():
 
 @pytest.mark.parametrize("values, message", [
     ({"line_samples": 0}, "line_samples"), ({"init_position": 1.5}, "init_position"),
-    ({"init_position": -0.1}, "init_position"), ({"mc_lr": 0.0}, "mc_lr"), ({"mc_epochs": 0}, "mc_epochs"), ({"mc_batch_size": 0}, "mc_batch_size"),
+    ({"init_position": -0.1}, "init_position"), ({"mc_lr": 0.0}, "mc_lr"), ({"mc_epochs": 0}, "mc_epochs"),
+    ({"mc_batch_size": 0}, "mc_batch_size"),
     ({"memory_per_task": 0}, "memory_per_task"), ({"current_examples": 0}, "current_examples"),
     ({"gamma": 0.0}, "gamma"), ({"momentum": 1.0}, "momentum"), ({"line_gradient": "mean"}, "line_gradient"),
     ({"continue_from": "init"}, "continue_from"), ({"lr": -0.1}, "lr"),

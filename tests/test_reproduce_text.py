@@ -54,7 +54,7 @@ def test_run_configs_are_every_method_seed_and_order_with_its_own_model_params()
     method = {name: configs[0].resolved()["method_params"] for name, configs in by_method.items()}
     for name in ("finetune", "independent", "joint"):  # the whole encoder trains
         assert model[name]["freeze"] is False and model[name]["hidden"] == []
-        assert method[name]["lr"] == CPU_SCALE["encoder_lr"]
+        assert method[name]["lr"] == CPU_SCALE["encoder_lr"] and method[name]["optimizer"] == "adam"
     for name in ("ewc", "agem", "replay", "hat"):  # a (gated) hidden layer on the frozen encoder
         assert model[name]["freeze"] is True and model[name]["hidden"] == [400]
         assert method[name]["lr"] == CPU_SCALE["frozen_lr"]
