@@ -12,7 +12,8 @@ from lifelong import engine
 from lifelong.benchmarks import build_stream
 from lifelong.benchmarks.stream import mask_logits
 from lifelong.methods import make_method
-from lifelong.methods.adapter import ADAM_EPS, HoulsbyAdapter, layer_norms
+from lifelong.methods.adapter import HoulsbyAdapter, layer_norms
+from lifelong.methods.optimizers import BERT_ADAM_EPS
 from lifelong.models import make_model
 from lifelong.params import ParamError
 from lifelong.schedule import ValidationSchedule
@@ -146,7 +147,7 @@ def test_one_step_is_adam_with_decoupled_decay_that_spares_other_tasks_head_rows
             assert torch.equal(p, before[name])
             continue
         g = grads[name]
-        adam = lr * g / (g.abs() + ADAM_EPS)  # Adam's first step (bias-corrected)
+        adam = lr * g / (g.abs() + BERT_ADAM_EPS)  # Adam's first step (bias-corrected)
         decay = 0.0 if name.endswith("bias") or "LayerNorm" in name else lr * wd
         if name == "head.weight":  # task 1's rows only
             decay = decay * stream.layout.task_mask(1).float()[:, None]

@@ -65,13 +65,13 @@ from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
+from lifelong.methods.optimizers import BERT_ADAM_EPS
 from lifelong.methods.registry import METHODS
 from lifelong.models.transformer import PluginSlot, TextNetwork, insert_plugins
 from lifelong.params import AtLeastOne, NonNegative, Positive
 from lifelong.seeding import mix_seed
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
-ADAM_EPS = 1e-6  # BertAdam's default ``e``
 
 
 class HoulsbyAdapter(nn.Module):
@@ -202,7 +202,7 @@ class Adapter(Method):
         self._decay = self.decay_masks()
 
     def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return torch.optim.Adam(list(parameters), lr=self.lr, eps=ADAM_EPS)
+        return torch.optim.Adam(list(parameters), lr=self.lr, eps=BERT_ADAM_EPS)
 
     def decay_masks(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """``(weight, mask)`` for every weight the decoupled decay shrinks (not biases, LayerNorms).

@@ -108,6 +108,7 @@ from torch import nn
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
 from lifelong.methods.hat import annealed_s, compensation, sparsity
+from lifelong.methods.optimizers import BERT_ADAM_EPS
 from lifelong.methods.registry import METHODS
 from lifelong.models.transformer import PluginSlot, TextNetwork, insert_plugins
 from lifelong.params import AtLeastOne, NonNegative, Positive
@@ -116,7 +117,6 @@ from lifelong.seeding import mix_seed
 KERNELS = (3, 4, 5)  # the similarity CNN's kernel widths (the code's ``Ks``)
 SIM_CHANNELS = 100  # its channels per kernel width (the code's ``Co``)
 INIT_STD = 0.02  # BERT's initializer_range, which the code's plugins get from _init_weights
-ADAM_EPS = 1e-6  # BertAdam's ``e``
 
 
 # --------------------------------------------------------------------------------- the equations
@@ -414,7 +414,7 @@ class CTR(Method):
             for p in self._trained if id(p) not in biases]
 
     def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return torch.optim.Adam(list(parameters), lr=self.lr, eps=ADAM_EPS, foreach=True)
+        return torch.optim.Adam(list(parameters), lr=self.lr, eps=BERT_ADAM_EPS, foreach=True)
 
     def gradient_masks(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``(parameter, 1 - view)`` of the TSM weights the cumulative masks protect (HAT Eq. 2)."""
