@@ -306,21 +306,19 @@ def protocol_text(benchmark: str, scale: Mapping[str, Any]) -> str:
 
 
 #: What `CPU_SCALE` costs, as measured (`lifelong run --benchmark 20news --model transformer
-#: --tasks 2` at these settings, 2 CPU cores shared with other jobs: load average 6-7).
+#: --tasks 2` at these settings, and the ctr runs of `lifelong reproduce ctr-20news`).
 CPU_COST = (
-    "Scaled to two CPU cores, and still slow. Measured here on 2 cores shared with other jobs "
-    "(load average 6-7): one training step of 32 x 64 tokens takes 18 s for ctr, 14-16 s for "
-    "adapter-hat, 9-10 s for finetune (the whole encoder), 1.4-1.7 s for ewc on the frozen "
-    "encoder (the encoder's features are cached after their first computation, so later epochs "
-    "and evaluations are nearly free); scoring one test example takes 0.11-0.12 s (ctr, "
-    "adapter-hat) and 0.05 s (finetune). A 20news run has 150 training steps and scores 11,000 "
-    "test examples (every task after every task): about 65 minutes for ctr, 60 for each adapter "
-    "method, 33 for finetune and independent, 140 for joint (it retrains every earlier task: 825 "
-    "steps) and about 5 for each frozen-encoder method, so 7.8 hours per seed x order and 16 "
-    "hours for the default 1 seed x 2 orders on those loaded cores; on two free cores (about 5 "
-    "times faster: 4-8 s per plugin step of 128 tokens) an estimated 3-4 hours. ctr-tweet-domains "
-    "(6 tasks, 90 steps and 4,200 scored examples per run, joint 315 steps) costs about half; "
-    "`--seeds 0,1` doubles either."
+    "Scaled to two CPU cores, and still slow. On two free cores a ctr run of 20news takes 12.5 "
+    "minutes: per task 35-48 s of training (15 steps of 32 x 64 tokens, about 2.7 s each) and "
+    "28-42 s scoring the 1,000 test examples of all ten tasks (every task after every task); a "
+    "finetune run (the whole encoder, Adam) takes about 4 minutes (42 s for two tasks). Measured "
+    "earlier on the same cores shared with other jobs (load average 6-7), one step took 18 s "
+    "for ctr, 14-16 s for adapter-hat, 9-10 s for finetune and 1.4-1.7 s for ewc on the frozen "
+    "encoder (its features are cached after their first computation), about five times the free "
+    "cores' time. From those ratios one seed x order of ctr-20news (the adapter methods about "
+    "as long as ctr, joint twice: it retrains every earlier task, 825 steps) takes about 1.5 "
+    "hours, the default 1 seed x 2 orders about 3; ctr-tweet-domains (6 tasks) about half; "
+    "`--seeds 0,1` doubles either. The sweep resumes: finished runs are kept in its store."
 )
 
 
