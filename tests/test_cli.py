@@ -49,7 +49,7 @@ def test_run_writes_result_json_and_csv(capsys, tmp_path):
     assert code == 0, err
     record = json.loads((out / "result.json").read_text())
     config = record["config"]
-    assert config["method"] == "finetune" and config["method_params"] == {"lr": 0.1}
+    assert config["method"] == "finetune" and config["method_params"] == {"lr": 0.1, "optimizer": "sgd"}
     assert config["model_params"]["hidden"] == [32]
     assert config["benchmark_params"]["seed"] == 3 and config["seed"] == 3
     R = record["accuracy_matrix"]
