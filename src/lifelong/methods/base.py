@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.benchmarks.stream import HeadLayout, Task, mask_logits
+from lifelong.methods.optimizers import build_optimizer
 from lifelong.params import Positive
 
 
@@ -42,6 +43,9 @@ class Method:
     task_agnostic: bool = True
     #: the model the method is built for (``"transformer"``: plugins inside a BERT), None for any
     requires_model: str | None = None
+    #: what `make_optimizer` builds (`lifelong.methods.optimizers`); methods with an ``optimizer``
+    #: parameter store it here
+    optimizer_name: str = "sgd"
 
     def __init__(self, model: nn.Module, lr: Annotated[float, Positive] = 0.03, seed: int = 0) -> None:
         self.model = model
@@ -81,7 +85,7 @@ class Method:
 
     # ----------------------------------------------------------------------------- helpers
     def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return torch.optim.SGD(parameters, lr=self.lr)
+        return build_optimizer(self.optimizer_name, parameters, self.lr)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, mask=None) -> torch.Tensor:
         """Cross-entropy over the units the current task trains (``mask`` overrides)."""

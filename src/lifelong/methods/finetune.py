@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
 from torch import nn
 
 from lifelong.methods.base import Method
-from lifelong.methods.optimizers import OptimizerName, build_optimizer
+from lifelong.methods.optimizers import OptimizerName
 from lifelong.methods.registry import METHODS
 from lifelong.params import Positive
 
@@ -27,5 +26,3 @@ class Finetune(Method):
         super().__init__(model, lr, seed)
         self.optimizer_name = optimizer
 
-    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_name, parameters, self.lr)

@@ -16,7 +16,7 @@ from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method
-from lifelong.methods.optimizers import OptimizerName, build_optimizer
+from lifelong.methods.optimizers import OptimizerName
 from lifelong.methods.registry import METHODS
 from lifelong.params import Positive
 
@@ -40,9 +40,6 @@ class Independent(Method):
         self.optimizer_name = optimizer
         self.init_from_previous = init_from_previous
         self.nets: dict[int, nn.Module] = {}
-
-    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_name, parameters, self.lr)
 
     def net(self, task_id: int) -> nn.Module:
         """Task ``task_id``'s network, created (untrained, from ``seed + task_id``) on first use."""

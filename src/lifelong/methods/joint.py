@@ -16,7 +16,7 @@ from torch import nn
 
 from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
-from lifelong.methods.optimizers import OptimizerName, build_optimizer
+from lifelong.methods.optimizers import OptimizerName
 from lifelong.methods.registry import METHODS
 from lifelong.params import Positive
 
@@ -37,9 +37,6 @@ class Joint(Method):
         self.optimizer_name = optimizer
         self.from_scratch = from_scratch
         self.seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_name, parameters, self.lr)
 
     def begin_task(self, task: Task) -> None:
         if self.from_scratch and task.id > 0:

@@ -184,12 +184,8 @@ class MCSGD(Method):
         x, y, tasks = self.episodic.all()
         old = tasks < task.id
         x, y, tasks = x[old], y[old], tasks[old]
-        masks = [task.layout.replay_mask(k, task.id) for k in range(task.id)]
-        if all(mask is None for mask in masks):
-            return x, y, None
-        full = torch.ones(task.layout.n_units, dtype=torch.bool)
-        table = torch.stack([full if m is None else m for m in masks]).to(y.device)
-        return x, y, table[tasks]
+        table = task.layout.replay_masks(task.id)
+        return x, y, None if table is None else table.to(y.device)[tasks]
 
     def line_loss(self, anchors: list[tuple[dict[str, torch.Tensor], Examples]],
                   weights: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
@@ -226,11 +222,9 @@ class MCSGD(Method):
         chunks = []
         for anchor, (x, y, mask) in anchors:
             order = torch.randperm(len(y), generator=self.generator).to(y.device)
-            pieces = []
-            for index in order.split(self.mc_batch_size):
-                per_example = mask is not None and mask.dim() == 2
-                pieces.append((anchor, (x[index], y[index], mask[index] if per_example else mask)))
-            chunks.append(pieces)
+            per_example = mask is not None and mask.dim() == 2  # a row per example, or one mask
+            chunks.append([(anchor, (x[index], y[index], mask[index] if per_example else mask))
+                           for index in order.split(self.mc_batch_size)])
         for i in range(max(len(pieces) for pieces in chunks)):
             yield [pieces[i] for pieces in chunks if i < len(pieces)]
 
