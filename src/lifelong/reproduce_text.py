@@ -308,9 +308,10 @@ def protocol_text(benchmark: str, scale: Mapping[str, Any]) -> str:
 #: What `CPU_SCALE` costs, as measured (`lifelong run --benchmark 20news --model transformer
 #: --tasks 2` at these settings, and the ctr runs of `lifelong reproduce ctr-20news`).
 CPU_COST = (
-    "Scaled to two CPU cores, and still slow. On two free cores a ctr run of 20news takes 12.5 "
-    "minutes: per task 35-48 s of training (15 steps of 32 x 64 tokens, about 2.7 s each) and "
-    "28-42 s scoring the 1,000 test examples of all ten tasks (every task after every task); a "
+    "Scaled to two CPU cores, and still slow. On two free cores a ctr run of 20news takes 13 "
+    "minutes (benchmarks/RESULTS.md): per task 34-50 s of training (15 steps of 32 x 64 tokens, "
+    "about 2.7 s each) and 28-42 s scoring the 1,000 test examples of all ten tasks (every task "
+    "after every task); a "
     "finetune run (the whole encoder, Adam) takes about 4 minutes (42 s for two tasks). Measured "
     "earlier on the same cores shared with other jobs (load average 6-7), one step took 18 s "
     "for ctr, 14-16 s for adapter-hat, 9-10 s for finetune and 1.4-1.7 s for ewc on the frozen "
