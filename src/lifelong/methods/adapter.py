@@ -28,7 +28,7 @@ What trains (as the code's ``bert_adapter`` network): the adapters, the LayerNor
 sub-layers of every transformer layer (``attention.output.LayerNorm`` and ``output.LayerNorm``;
 ``train_layernorm=False`` freezes them), any layers on top of the encoder and the head. The encoder
 must be frozen (``make_model("transformer", ..., freeze=True)``, the default). Plugins come from
-`lifelong.models.transformer.insert_plugins`, which puts them after the same two projections as
+`lifelong.models.plugins.insert_plugins`, which puts them after the same two projections as
 Houlsby and PyContinual.
 
 Defaults and where they come from (PyContinual ``config.py`` / ``load_base_args.py`` and its run
@@ -67,7 +67,8 @@ from lifelong.benchmarks.stream import Task
 from lifelong.methods.base import Method, tensor_bytes
 from lifelong.methods.optimizers import BERT_ADAM_EPS
 from lifelong.methods.registry import METHODS
-from lifelong.models.transformer import PluginSlot, TextNetwork, insert_plugins
+from lifelong.models.plugins import PluginSlot, insert_plugins
+from lifelong.models.transformer import TextNetwork
 from lifelong.params import AtLeastOne, NonNegative, Positive
 from lifelong.seeding import mix_seed
 

@@ -68,7 +68,8 @@ from lifelong.methods.adapter import Adapter, HoulsbyAdapter
 from lifelong.methods.base import tensor_bytes
 from lifelong.methods.hat import THRES_COSH, annealed_s, compensate_, sparsity
 from lifelong.methods.registry import METHODS
-from lifelong.models.transformer import PluginSlot, TextNetwork
+from lifelong.models.plugins import PluginSlot
+from lifelong.models.transformer import TextNetwork
 from lifelong.params import AtLeastOne, NonNegative, Positive
 from lifelong.seeding import mix_seed
 

@@ -6,7 +6,7 @@ Learning", NeurIPS 2021; official code github ZixuanKe/PyContinual (``bert_adapt
 
 A *CL-plugin* is inserted after both projections of every layer of a frozen BERT (the attention
 output and the feed-forward output, before dropout, residual and LayerNorm: Houlsby's adapter
-positions, `lifelong.models.transformer.insert_plugins`). Only the plugins and the head train. For
+positions, `lifelong.models.plugins.insert_plugins`). Only the plugins and the head train. For
 the hidden states ``h`` (``[N, L, d]``) of task ``t`` a plugin computes
 ``h + g2 * relu(fc2(g1 * relu(fc1(h + KSM(h)))))``:
 
@@ -110,7 +110,8 @@ from lifelong.methods.base import Method, tensor_bytes
 from lifelong.methods.hat import annealed_s, compensation, sparsity
 from lifelong.methods.optimizers import BERT_ADAM_EPS
 from lifelong.methods.registry import METHODS
-from lifelong.models.transformer import PluginSlot, TextNetwork, insert_plugins
+from lifelong.models.plugins import PluginSlot, insert_plugins
+from lifelong.models.transformer import TextNetwork
 from lifelong.params import AtLeastOne, NonNegative, Positive
 from lifelong.seeding import mix_seed
 
