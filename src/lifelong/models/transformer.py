@@ -5,27 +5,15 @@ int64 token ids ``[N, L]`` to features ``[N, D]`` and ``head`` is one ``nn.Linea
 units. The body's first module is a `TextEncoder` (a Hugging Face ``transformers`` encoder plus
 pooling); optional ``hidden`` layers (Linear + ReLU) after it give HAT-style methods units to gate.
 
-- Padding: token id ``pad_token_id`` of the encoder's config (0 for BERT's ``[PAD]``) marks
-  padding. Padded positions are masked out of attention (an additive ``-inf``-like bias on their
-  keys) and out of mean pooling, so extra padding leaves the features unchanged.
-- Pooling: ``cls`` (the first token's last hidden state), ``mean`` (masked mean of the last hidden
-  states; what all-MiniLM-L6-v2 was trained with, hence the default) or ``pooler`` (BERT's
-  ``tanh(W h_cls)`` pooler, the ``pooled_output`` BERT classifiers, CTR and B-CL use).
-- Freezing: ``freeze=True`` sets ``requires_grad=False`` on every encoder weight and keeps the
-  encoder in eval mode (its dropout off) even while the network trains, so only what sits on top
-  (hidden layers, head, plugins) learns and the features are deterministic. ``freeze=False``
-  fine-tunes the whole encoder (with BERT's dropout in train mode), as naive continual learning
-  (NCL) does in the CTR paper.
-- ``reset_parameters(seed)`` (used by ``restart``, ``joint``, ``independent``) restores the
-  pretrained encoder weights and re-draws the layers on top from ``seed`` (GEM's Xavier rule, as in
-  `Network`); a randomly initialised encoder (``encoder="tiny"``) is re-drawn from ``seed`` with
-  BERT's own initialisation (normal(0, initializer_range) weights, unit LayerNorms).
+``reset_parameters(seed)`` (used by ``restart``, ``joint``, ``independent``) restores the
+pretrained encoder weights (or re-draws a random encoder with BERT's initialisation) and re-draws
+the layers on top and the plugins from ``seed`` (GEM's Xavier rule, as in `Network`).
 
 The pieces live in their own modules: `lifelong.models.encoders` (loading MiniLM, a local
 directory, a hub name or a tiny random BERT), `lifelong.models.text_encoder` (`TextEncoder`:
-padding, pooling, freezing), `lifelong.models.feature_cache` (a frozen encoder's features computed
-once per input row) and `lifelong.models.plugins` (CTR's and Adapter-BERT's plugin slots). Their
-public names are importable from here as well.
+padding, pooling, freezing, resetting), `lifelong.models.feature_cache` (a frozen encoder's
+features computed once per input row) and `lifelong.models.plugins` (CTR's and Adapter-BERT's
+plugin slots). Their public names are importable from here as well.
 """
 
 from __future__ import annotations
