@@ -702,3 +702,20 @@ def test_minilm_loads_offline_and_ranks_a_paraphrase_above_an_unrelated_sentence
         features = F.normalize(model.features(ids), dim=1)
     paraphrase, unrelated = float(features[0] @ features[1]), float(features[0] @ features[2])
     assert paraphrase > unrelated + 0.2
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_loading_an_encoder_prints_no_progress_bar_and_leaves_the_setting_as_it_was(
+        tmp_path, capfd, enabled):
+    from transformers.utils import logging as hf_logging
+
+    T.random_encoder(T.tiny_bert_config()).save_pretrained(tmp_path)
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+    try:
+        capfd.readouterr()
+        T.load_encoder(tmp_path)
+        assert "Loading weights" not in capfd.readouterr().err
+        assert hf_logging.is_progress_bar_enabled() is enabled
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

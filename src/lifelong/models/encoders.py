@@ -11,8 +11,10 @@ all-MiniLM-L6-v2 (6 layers, hidden size 384, 22.7M parameters), come from the pa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -81,9 +83,23 @@ def load_encoder(
     """
     transformers = import_transformers()
     source, local = _source(name_or_dir)
-    model = transformers.AutoModel.from_pretrained(
-        source, local_files_only=local, attn_implementation=attn_implementation)
+    with _no_progress_bar(transformers):  # a "Loading weights" bar per run clutters sweep logs
+        model = transformers.AutoModel.from_pretrained(
+            source, local_files_only=local, attn_implementation=attn_implementation)
     return model.to(device).eval()
+
+
+@contextlib.contextmanager
+def _no_progress_bar(transformers: Any) -> Iterator[None]:
+    """``transformers``' progress bars off inside the block, back as they were after it."""
+    bars = transformers.utils.logging
+    enabled = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            bars.enable_progress_bar()
 
 
 #: The size of BERT's uncased WordPiece vocabulary (MiniLM-L6 uses it too).
