@@ -91,9 +91,11 @@ class TextProtocol:
     methods: tuple[TextMethod, ...]
     goal_method: str = "ctr"
     reference: str = "joint"  # MTL
-    baseline: str = "finetune"  # NCL
+    #: the naive continual baselines (NCL): the whole encoder fine-tuned, and Adapter-BERT NCL (the
+    #: paper's quoted "naive" number, 68.29 on 20News); each must stay ``margin`` below goal_method
+    baselines: tuple[str, ...] = ("finetune", "adapter")
     tolerance: float = 0.02  # goal: goal_method at most this far below the reference
-    margin: float = 0.10  # goal: baseline at least this far below goal_method
+    margin: float = 0.10  # goal: each baseline at least this far below goal_method
     n_orders: int = 2
     tasks: int | None = None  # only the first N tasks of each benchmark (None: all)
     model: str = "transformer"
@@ -181,12 +183,15 @@ class TextProtocol:
         return "\n".join(lines)
 
     def verdicts(self, benchmark: str, rows: Mapping[str, TextRow]) -> list[str]:
-        """The three goals on one benchmark: PASS, FAIL or NOT RUN (a needed row is missing)."""
-        mine, reference, baseline = (rows.get(self.goal_method), rows.get(self.reference),
-                                     rows.get(self.baseline))
+        """The goals on one benchmark: PASS, FAIL or NOT RUN (a needed row is missing).
+
+        CTR within ``tolerance`` of MTL, CTR above every other continual method, and each naive
+        baseline at least ``margin`` below CTR (one verdict per baseline).
+        """
+        mine, reference = rows.get(self.goal_method), rows.get(self.reference)
         continual = {m.name for m in self.methods if m.continual and m.name != self.goal_method}
         others = [row.mean_acc for label, row in rows.items() if label in continual]
-        texts_checks = [
+        checks = [
             (f"{self.goal_method} ACC at most {100 * self.tolerance:g} points below {self.reference} "
              "(MTL)",
              None if mine is None or reference is None
@@ -194,13 +199,15 @@ class TextProtocol:
             (f"{self.goal_method} ACC above every other continual method "
              f"({', '.join(sorted(continual))})",
              None if mine is None or not others else all(mine.mean_acc > acc for acc in others)),
-            (f"{self.baseline} (NCL) ACC at least {100 * self.margin:g} points below "
-             f"{self.goal_method}",
-             None if mine is None or baseline is None
-             else baseline.mean_acc <= mine.mean_acc - self.margin + 1e-12),
         ]
+        for label in self.baselines:
+            baseline = rows.get(label)
+            checks.append(
+                (f"{label} (NCL) ACC at least {100 * self.margin:g} points below {self.goal_method}",
+                 None if mine is None or baseline is None
+                 else baseline.mean_acc <= mine.mean_acc - self.margin + 1e-12))
         marks = {True: "PASS", False: "FAIL", None: "NOT RUN"}
-        return [f"- Goal: {benchmark}: {text}: **{marks[check]}**" for text, check in texts_checks]
+        return [f"- Goal: {benchmark}: {text}: **{marks[check]}**" for text, check in checks]
 
 
 def _pm(values: Sequence[float]) -> str:
