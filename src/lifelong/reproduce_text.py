@@ -323,9 +323,10 @@ CPU_COST = (
     "earlier on the same cores shared with other jobs (load average 6-7), one step took 18 s "
     "for ctr, 14-16 s for adapter-hat, 9-10 s for finetune and 1.4-1.7 s for ewc on the frozen "
     "encoder (its features are cached after their first computation), about five times the free "
-    "cores' time. From those ratios one seed x order of ctr-20news (the adapter methods about "
-    "as long as ctr, joint twice: it retrains every earlier task, 825 steps) takes about 1.5 "
-    "hours, the default 1 seed x 2 orders about 3; ctr-tweet-domains (6 tasks) about half; "
+    "cores' time. The recorded ctr-20news sweep took about 83 minutes per seed x order (the "
+    "table's last column: ctr 14, the adapter methods 10-12, finetune and independent 5-6, "
+    "joint 23, as it retrains every earlier task, the frozen-encoder methods under 1), so the "
+    "default 1 seed x 2 orders takes about 3 hours; ctr-tweet-domains (6 tasks) about half; "
     "`--seeds 0,1` doubles either. The sweep resumes: finished runs are kept in its store."
 )
 
