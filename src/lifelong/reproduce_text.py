@@ -398,7 +398,7 @@ NOTES: dict[str, str] = {
         "and against replay and hat (86.4). (2) ctr forgets little (1.2 and 2.3 points) but "
         "learns each task less well than a separate adapter set does in the same 15 steps "
         "(learning accuracy 88.7 / 86.9 against adapter-one's 92.1 / 90.1), so it ends about 4 "
-        "points below MTL (joint 92.1) rather than within 2; the paper trains about 600 steps per "
+        "points below MTL (joint 92.2) rather than within 2; the paper trains about 600 steps per "
         "task. (3) Fine-tuning the whole encoder at BERT's rate moves it little in 15 steps: "
         "finetune forgets 5.1 and 10.3 points and ends 4.7 points below ctr, not 10. Adapter-BERT "
         "NCL, the paper's quoted naive number, does reproduce: 65.7 against 68.29 (forgetting 21 "
