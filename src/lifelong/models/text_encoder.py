@@ -11,10 +11,10 @@
   (hidden layers, head, plugins) learns and the features are deterministic. ``freeze=False``
   fine-tunes the whole encoder (with BERT's dropout in train mode), as naive continual learning
   (NCL) does in the CTR paper.
-- ``reset_parameters(seed)`` (used by ``restart``, ``joint``, ``independent``) restores the
-  pretrained encoder weights and re-draws the layers on top from ``seed`` (GEM's Xavier rule, as in
-  `Network`); a randomly initialised encoder (``encoder="tiny"``) is re-drawn from ``seed`` with
-  BERT's own initialisation (normal(0, initializer_range) weights, unit LayerNorms).
+- ``reset_parameters(seed)`` (called by `TextNetwork.reset_parameters`, which ``restart``,
+  ``joint`` and ``independent`` use) restores the pretrained encoder weights; a randomly
+  initialised encoder (``encoder="tiny"``) is re-drawn from ``seed`` with BERT's own
+  initialisation (normal(0, initializer_range) weights, unit LayerNorms). Plugins are left alone.
 
 Each attention-output and feed-forward-output projection can carry a plugin (`PluginLinear`, see
 `lifelong.models.plugins`); a frozen encoder without plugins keeps its features in a
