@@ -25,4 +25,3 @@ class Finetune(Method):
                  optimizer: OptimizerName = "sgd", seed: int = 0) -> None:
         super().__init__(model, lr, seed)
         self.optimizer_name = optimizer
-
