@@ -17,6 +17,7 @@ from lifelong.reproduce_text import (
     SCALE,
     TextMethod,
     TextRow,
+    benchmark_scale,
     ctr_protocol,
 )
 
@@ -157,7 +158,7 @@ def test_a_text_method_carries_its_model_params_and_label():
 # ------------------------------------------------------------------------------- slow: end to end
 TINY_SCALE = {**CPU_SCALE, "encoder": "tiny", "tasks": 2, "seeds": (0,), "n_orders": 2,
               "train_per_task": 16, "test_per_task": 8, "epochs": 1, "batch_size": 8,
-              "hidden": (16,)}
+              "hidden": (16,), "per_benchmark": {}}
 
 
 @pytest.mark.slow
@@ -179,3 +180,16 @@ def test_the_protocol_runs_end_to_end_on_the_tiny_bert(benchmark, tmp_path):
             mean, std = (float(v) for v in cell.split(" ± "))
             assert 0.0 <= mean <= 100.0 and 0.0 <= std <= 100.0, line
     assert table.count("- Goal:") == 4 and "NOT RUN" not in table
+
+
+def test_tweet_domains_takes_its_own_settings_over_the_common_scale():
+    tweets = CTR_PROTOCOLS["ctr-tweet-domains"]
+    config = tweets.runs(tweets.seeds)[0]
+    assert config.benchmark_params == {"max_length": 48, "train_per_task": 640, "test_per_task": 100}
+    assert config.epochs == 1 and tweets.epochs == 1
+    assert "640 training and 100 test" in tweets.protocol and "48 tokens, 1 epoch of batch 32" in tweets.protocol
+    news = CTR_PROTOCOLS["ctr-20news"].runs((0,))[0]  # 20news keeps the common settings
+    assert news.benchmark_params["train_per_task"] == 160 and news.epochs == 3
+    # a scale without per-benchmark changes applies to every benchmark as it is
+    assert ctr_protocol("tweet-domains", PAPER_SCALE).runs((0,))[0].benchmark_params["max_length"] == 128
+    assert benchmark_scale({"epochs": 3}, "tweet-domains") == {"epochs": 3}
