@@ -349,11 +349,11 @@ CPU_COST = (
 
 NOTES_COMMON = (
     "Where ours differs from the paper, and why. The encoder is all-MiniLM-L6-v2 (6 layers, "
-    "hidden size 384, mean pooling), not BERT-base (12 layers, 768, the pooled output); documents "
-    "are cut to 64 tokens (the paper: 128), each task trains on 160 stratified examples for 3 "
-    "epochs (15 steps of 32; the paper: all of them, about 1,000 per 20News task, for 20 epochs, "
-    "the best epoch on validation kept) and is scored on 100 test examples. With 15 steps instead "
-    "of about 1,000, the code's Adam lr 5e-5 would leave the plugins and the head where they "
+    "hidden size 384, mean pooling), not BERT-base (12 layers, 768, the pooled output); texts are "
+    "cut short (20news: 64 tokens, tweets: 48; the paper: 128), each task trains for 15-20 steps "
+    "of 32 (20news: 160 stratified examples for 3 epochs, tweets: 640 for one; the paper: all of "
+    "them, about 1,000 per 20News task, for 20 epochs, the best epoch on validation kept) and is "
+    "scored on 100 test examples. With 15-20 steps instead of about 1,000, the code's Adam lr 5e-5 would leave the plugins and the head where they "
     "started: ctr and the adapter methods train at 1e-3 (with it ctr and adapter-hat reach 93.5% "
     "on the first 20news task). NCL / ONE / MTL fine-tune the whole encoder with the code's "
     "BertAdam rate, 5e-5 (`optimizer='adam'`): on the first two 20news tasks finetune reaches ACC "
